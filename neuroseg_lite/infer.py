@@ -1,0 +1,307 @@
+"""Sliding-window prediction of a whole 3D stack with a patch-trained network.
+
+Introduced in chapter 6 (``06_evaluation``).
+
+A 3D U-Net is trained on small patches, but a microscope stack is far larger than a patch and rarely a
+multiple of the network's pooling factors. :func:`predict_volume` covers the stack with overlapping tiles,
+runs them through the network a batch at a time, and blends the overlaps with a Gaussian importance window
+so that voxels near a tile border (where the network sees little context) count less and no seams appear.
+
+Memory stays bounded by the output plus one batch of tiles: the Gaussian window is separable and the tiles
+form a Cartesian grid of per-axis start positions, so the total weight received by a voxel is the product of
+three 1D sums, and the final normalisation needs three 1D arrays instead of a second full-size volume.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from neuroseg_lite._checks import NeurosegInputError, check_image_values, check_volume
+from neuroseg_lite.utils import select_device
+
+__all__ = ["DEFAULT_TILE", "predict_volume", "tile_positions", "gaussian_window"]
+
+# Larger than the (16, 64, 64) training patch: the outer rim of every tile lacks context and is
+# down-weighted, so a bigger tile wastes a smaller fraction of its voxels (see benchmarks/bench_infer3d.py).
+DEFAULT_TILE = (32, 128, 128)
+
+# Floor of the 1D window relative to its peak. Voxels at the volume border are covered only by tile
+# borders, where an unclamped Gaussian (4 sigma out) would leave a weight near 3e-4 per axis.
+MIN_WINDOW = 1e-3
+
+# Voxels read at a time by the input scan (NaN / constant check) so a memory-mapped stack is never
+# loaded whole.
+_SCAN_VOXELS = 1 << 23
+
+
+def tile_positions(length: int, tile: int, overlap: float = 0.25) -> list[int]:
+    """Start indices of tiles of size ``tile`` that cover ``[0, length)`` with at least ``overlap``.
+
+    Tiles are spread evenly between ``0`` and ``length - tile`` so neighbours overlap by the same amount
+    (at least ``overlap * tile`` voxels, more when the length does not divide evenly).
+
+    Parameters
+    ----------
+    length : int
+        Size of the axis to cover (>= 1).
+    tile : int
+        Tile size along the axis (>= 1). A tile at least as long as the axis gives the single start 0.
+    overlap : float
+        Requested fraction of a tile shared with its neighbour, in [0, 1).
+
+    Returns
+    -------
+    list of int
+        Increasing start indices; the first is 0 and the last is ``max(length - tile, 0)``.
+    """
+    length, tile = int(length), int(tile)
+    if length < 1 or tile < 1:
+        raise NeurosegInputError(f"tile_positions needs length >= 1 and tile >= 1, got length={length}, tile={tile}.")
+    if not 0.0 <= overlap < 1.0:
+        raise NeurosegInputError(f"overlap must be in [0, 1) (a fraction of the tile), got {overlap!r}; 0.25 is typical.")
+    if tile >= length:
+        return [0]
+    stride = max(1, int(tile * (1.0 - overlap)))
+    n_tiles = math.ceil((length - tile) / stride) + 1
+    starts = np.round(np.linspace(0, length - tile, n_tiles)).astype(int)
+    return [int(s) for s in starts]
+
+
+def gaussian_window(size: int, *, sigma_scale: float = 0.125) -> np.ndarray:
+    """1D Gaussian importance window of length ``size``, peak 1, floored at ``MIN_WINDOW``.
+
+    Parameters
+    ----------
+    size : int
+    sigma_scale : float
+        Standard deviation as a fraction of ``size``.
+
+    Returns
+    -------
+    ndarray of shape (size,), float64
+    """
+    centre = (size - 1) / 2.0
+    sigma = sigma_scale * size
+    offsets = np.arange(size, dtype=np.float64) - centre
+    return np.maximum(np.exp(-0.5 * (offsets / sigma) ** 2), MIN_WINDOW)
+
+
+@dataclass(frozen=True)
+class _AxisPlan:
+    """Tiling of one axis: where tiles start in the volume and which part of a tile holds real data."""
+
+    tile: int  # tile size fed to the network
+    starts: tuple[int, ...]  # tile starts in the volume
+    pad_before: int  # reflection padding when the axis is shorter than the tile
+    valid: int  # voxels of real data per tile: min(tile, length)
+    window: np.ndarray  # (valid,) weights of the real-data part of a tile
+    weight_sum: np.ndarray  # (length,) sum of the windows of all tiles at each position
+
+
+def _plan_axis(length: int, tile: int, overlap: float, sigma_scale: float) -> _AxisPlan:
+    starts = tile_positions(length, tile, overlap)
+    valid = min(tile, length)
+    pad_before = (tile - valid) // 2  # centre short data in the tile so both borders get the same context
+    window = gaussian_window(tile, sigma_scale=sigma_scale)[pad_before:pad_before + valid]
+    weight_sum = np.zeros(length, dtype=np.float64)
+    for start in starts:
+        weight_sum[start:start + valid] += window
+    return _AxisPlan(tile, tuple(starts), pad_before, valid, window, weight_sum)
+
+
+def _as_triple(value, *, what: str) -> tuple[int, int, int]:
+    try:
+        triple = tuple(int(v) for v in value)
+    except TypeError as err:
+        raise NeurosegInputError(f"{what} must be three positive integers (z, y, x), got {value!r}.") from err
+    if len(triple) != 3 or min(triple) < 1 or any(int(v) != v for v in value):
+        raise NeurosegInputError(f"{what} must be three positive integers (z, y, x), got {value!r}.")
+    return triple
+
+
+def _resolve_divisor(model, divisor) -> tuple[int, int, int]:
+    if divisor is not None:
+        return _as_triple(divisor, what="divisor")
+    method = getattr(model, "required_divisor", None)
+    if callable(method):
+        return _as_triple(method(), what="model.required_divisor()")
+    return (1, 1, 1)
+
+
+def _resolve_tile(tile, shape, divisor) -> tuple[int, int, int]:
+    if tile is None:
+        # Round the default down to the divisor (at least one divisor) so any model accepts it.
+        wanted = tuple(max(d, t // d * d) for t, d in zip(DEFAULT_TILE, divisor))
+    else:
+        wanted = _as_triple(tile, what="tile")
+        bad = [axis for axis, t, d in zip("zyx", wanted, divisor) if t % d]
+        if bad:
+            raise NeurosegInputError(
+                f"tile {wanted} is not a multiple of the model's required divisor {divisor} along "
+                f"{', '.join(bad)}; pick a tile whose (z, y, x) sizes are multiples of {divisor}, or tile=None.")
+    # An axis shorter than the tile gets a tile just big enough (rounded up to the divisor); the gap is
+    # filled by reflection padding, which needs at most divisor - 1 extra voxels.
+    return tuple(min(t, -(-n // d) * d) for t, n, d in zip(wanted, shape, divisor))
+
+
+def _validate_image(image, name: str):
+    """Check shape, dtype and values without loading a memory-mapped or lazy stack whole."""
+    if isinstance(image, np.ndarray):
+        volume = check_volume(image, name=name)
+    else:
+        try:
+            dtype, shape = np.dtype(image.dtype), tuple(image.shape)
+            image[0:0]
+        except (AttributeError, TypeError):
+            volume = check_volume(image, name=name)
+        else:
+            # A zero-stride stand-in lets check_volume judge shape and dtype of a lazy array-like
+            # (e.g. io.LazyStack) without reading it.
+            check_volume(np.broadcast_to(np.zeros((), dtype=dtype), shape), name=name)
+            volume = image
+    depth = volume.shape[0]
+    planes = max(1, _SCAN_VOXELS // max(1, volume.shape[1] * volume.shape[2]))
+    floating = np.issubdtype(volume.dtype, np.floating)
+    low, high = math.inf, -math.inf
+    for z0 in range(0, depth, planes):
+        chunk = np.asarray(volume[z0:z0 + planes])
+        if floating and not np.isfinite(chunk).all():
+            check_image_values(np.asarray(volume), name=name)  # raises with the full NaN/Inf count
+        low, high = min(low, chunk.min()), max(high, chunk.max())
+    if low == high:
+        check_image_values(np.asarray(volume[:1]), name=name)  # raises the "constant image" error
+    return volume
+
+
+def predict_volume(model: torch.nn.Module, image, *, tile=None, overlap: float = 0.25, batch_size: int = 2,
+                   device="auto", progress: bool = False, sigma_scale: float = 0.125,
+                   divisor=None) -> np.ndarray:
+    """Foreground probability of a whole stack by Gaussian-blended sliding-window inference.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Maps (N, 1, z, y, x) float tensors to logits of the same shape (e.g. ``unet3d.UNet3D``). It is moved
+        to ``device`` and run in eval mode; its train/eval mode is restored afterwards.
+    image : ndarray of shape (Z, Y, X)
+        Normalised intensities (as used in training), any size and numeric dtype. Memory-mapped arrays
+        and lazy array-likes (``io.read_stack(..., lazy=True)``) are read tile by tile; never modified.
+    tile : tuple of 3 int, optional
+        Tile size (z, y, x), multiples of the divisor. Default ``DEFAULT_TILE`` = (32, 128, 128). Each axis
+        is clipped to the volume (rounded up to the divisor and filled by reflection padding).
+    overlap : float
+        Minimum fraction of a tile shared with each neighbour, in [0, 1).
+    batch_size : int
+        Tiles per forward pass.
+    device : {"auto", "cpu", "cuda", "mps"} or torch.device
+    progress : bool
+        Show a tqdm progress bar over tiles.
+    sigma_scale : float
+        Gaussian window standard deviation as a fraction of the tile size, per axis.
+    divisor : tuple of 3 int, optional
+        Factors every tile size must be a multiple of. Default: ``model.required_divisor()`` when the
+        model has that method, else (1, 1, 1).
+
+    Returns
+    -------
+    ndarray of shape (Z, Y, X), float32
+        Sigmoid of the blended logits' tiles, in [0, 1].
+
+    Notes
+    -----
+    Peak memory is the float32 output plus one batch of tiles and the network's activations for it
+    (plus one tile-deep slab of the input for lazy array-likes). On CUDA the forward pass runs under
+    bf16 (or fp16) autocast; on the CPU it runs in float32.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise NeurosegInputError(f"model must be a torch.nn.Module, got {type(model).__name__}; "
+                                 "pass e.g. the model returned by train_3d or load_checkpoint.")
+    volume = _validate_image(image, "image")
+    if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
+        raise NeurosegInputError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if not 0.0 <= overlap < 1.0:
+        raise NeurosegInputError(f"overlap must be in [0, 1) (a fraction of the tile), got {overlap!r}; 0.25 is typical.")
+    if not (np.isfinite(sigma_scale) and sigma_scale > 0):
+        raise NeurosegInputError(f"sigma_scale must be a positive number (0.125 is typical), got {sigma_scale!r}.")
+    shape = tuple(int(n) for n in volume.shape)
+    divisor = _resolve_divisor(model, divisor)
+    tile = _resolve_tile(tile, shape, divisor)
+    plans = [_plan_axis(n, t, overlap, sigma_scale) for n, t in zip(shape, tile)]
+    pz, py, px = plans
+
+    device = select_device(device)
+    model.to(device)
+    param = next(model.parameters(), None)
+    input_dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    if device.type == "cuda":
+        half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        autocast = torch.autocast("cuda", dtype=half)
+    else:
+        autocast = contextlib.nullcontext()
+
+    window = (pz.window[:, None, None] * py.window[None, :, None] * px.window[None, None, :]).astype(np.float32)
+    window = torch.from_numpy(window).to(device)
+    crop = tuple(slice(p.pad_before, p.pad_before + p.valid) for p in plans)
+    pads = [(p.pad_before, p.tile - p.valid - p.pad_before) for p in plans]
+    needs_pad = any(sum(pad) for pad in pads)
+
+    output = np.zeros(shape, dtype=np.float32)
+    batch = np.empty((batch_size, 1) + tile, dtype=np.float32)
+    corners: list[tuple[int, int, int]] = []
+    n_tiles = len(pz.starts) * len(py.starts) * len(px.starts)
+
+    def flush():
+        n = len(corners)
+        inputs = torch.from_numpy(batch[:n]).to(device=device, dtype=input_dtype)
+        with autocast:
+            logits = model(inputs)
+        expected = (n, 1) + tile
+        if tuple(logits.shape) != expected:
+            raise NeurosegInputError(
+                f"the model returned shape {tuple(logits.shape)} for input {expected}; predict_volume needs a "
+                "network that maps (N, 1, z, y, x) to one logit channel of the same size (like UNet3D).")
+        weighted = torch.sigmoid(logits[(slice(None), 0) + crop].float()).mul_(window).cpu().numpy()
+        for i, (z0, y0, x0) in enumerate(corners):
+            output[z0:z0 + pz.valid, y0:y0 + py.valid, x0:x0 + px.valid] += weighted[i]
+        corners.clear()
+
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), tqdm(total=n_tiles, disable=not progress, desc="predict_volume",
+                                          unit="tile") as bar:
+            for z0 in pz.starts:
+                # One tile-deep slab: a view for ndarrays and memmaps, a bounded read for lazy stacks.
+                slab = volume[z0:z0 + pz.valid]
+                if not isinstance(slab, np.ndarray):
+                    slab = np.asarray(slab)
+                for y0 in py.starts:
+                    for x0 in px.starts:
+                        block = slab[:, y0:y0 + py.valid, x0:x0 + px.valid]
+                        slot = batch[len(corners), 0]
+                        if needs_pad:
+                            slot[...] = np.pad(block.astype(np.float32), pads, mode="reflect")
+                        else:
+                            slot[...] = block  # the float32 conversion happens here, tile by tile
+                        corners.append((z0, y0, x0))
+                        if len(corners) == batch_size:
+                            flush()
+                            bar.update(batch_size)
+            if corners:
+                bar.update(len(corners))
+                flush()
+    finally:
+        model.train(was_training)
+
+    # Divide by the summed weights: separable, so three 1D broadcasts in place, no full-size weight volume.
+    for axis, plan in enumerate(plans):
+        inverse = (1.0 / plan.weight_sum).astype(np.float32)
+        output *= inverse.reshape([-1 if a == axis else 1 for a in range(3)])
+    np.clip(output, 0.0, 1.0, out=output)  # rounding can leave values a few ULP outside [0, 1]
+    return output

@@ -1,0 +1,208 @@
+"""Simulate sparse 2D annotations from dense 3D ground truth.
+
+Introduced in chapter 2 (``02_sparse_labels``). An expert rarely paints every voxel of a stack; they
+annotate a few 2D planes. :func:`simulate_sparse` keeps ``n_slices`` planes of a dense label volume and
+marks every other voxel as *unlabelled* (not background!), which is how the paper builds its sparsity
+levels. :func:`distance_to_annotated` measures how far each voxel lies from the nearest annotated plane,
+the x-axis of the "pseudo-label quality vs distance" figure in chapter 4.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from neuroseg_lite._checks import NeurosegInputError, check_volume
+
+__all__ = ["SparseLabels", "simulate_sparse", "distance_to_annotated", "even_planes"]
+
+_MODES = ("even", "random")
+
+
+@dataclass(frozen=True)
+class SparseLabels:
+    """Sparse annotation of a volume: a few fully labelled planes, everything else unlabelled.
+
+    Attributes
+    ----------
+    labels : bool ndarray of shape (Z, Y, X)
+        Foreground on the annotated planes; ``False`` everywhere else. Off the annotated planes
+        ``False`` means "unknown", so always read ``labels`` together with ``annotated``.
+    annotated : bool ndarray of shape (Z, Y, X)
+        ``True`` on voxels an annotator labelled (the whole of each annotated plane).
+    planes : tuple of int
+        Indices of the annotated planes along ``axis``, increasing.
+    axis : int
+        The axis (0 = Z, 1 = Y, 2 = X) that ``planes`` index.
+    fraction : float
+        Fraction of voxels that are annotated, ``len(planes) / shape[axis]``.
+    """
+
+    labels: np.ndarray
+    annotated: np.ndarray
+    planes: tuple[int, ...]
+    axis: int
+    fraction: float
+
+    @property
+    def n_slices(self) -> int:
+        """Number of annotated planes."""
+        return len(self.planes)
+
+
+def _binary_labels(labels, *, name: str = "labels") -> np.ndarray:
+    """Return a new bool volume ``labels > 0`` after checking the values are binary or instance ids."""
+    arr = check_volume(labels, name=name)
+    if arr.dtype == bool:
+        return arr.copy()
+    if np.issubdtype(arr.dtype, np.floating):
+        finite = np.isfinite(arr)
+        if not finite.all():
+            raise NeurosegInputError(
+                f"{name} contains NaN or Inf values; labels must be bool, binary (0/1) or non-negative "
+                "integer instance ids. Fix the label file or threshold a probability map first.")
+        if np.any(arr != np.round(arr)):
+            raise NeurosegInputError(
+                f"{name} has fractional values (e.g. {arr[arr != np.round(arr)].flat[0]!r}), so it is neither "
+                "binary nor instance labels. If this is a probability map, threshold it first, "
+                "e.g. labels = probability >= 0.5.")
+    if np.issubdtype(arr.dtype, np.signedinteger) or np.issubdtype(arr.dtype, np.floating):
+        if arr.min() < 0:
+            raise NeurosegInputError(
+                f"{name} has negative values (minimum {arr.min()!r}), so it is neither binary nor instance "
+                "labels. Use 0 for background and positive integers for objects.")
+    return arr > 0
+
+
+def _normalise_axis(axis) -> int:
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -3 <= int(axis) <= 2:
+        raise NeurosegInputError(
+            f"axis must be 0 (Z), 1 (Y) or 2 (X) for a (Z, Y, X) volume, got {axis!r}.")
+    return int(axis) % 3
+
+
+def even_planes(n_planes: int, n_slices: int) -> tuple[int, ...]:
+    """Indices of ``n_slices`` planes spread evenly over ``n_planes``: the centres of equal bins.
+
+    Plane ``i`` is the centre of bin ``[i * n / k, (i + 1) * n / k)``, rounded down, so ``k = 1`` gives
+    the middle plane and ``k = n`` gives every plane. Bins are at least one plane wide, so the indices
+    are distinct.
+
+    Parameters
+    ----------
+    n_planes : int
+        Number of planes along the axis (``n``).
+    n_slices : int
+        Number of planes to pick (``k``), ``1 <= k <= n``.
+
+    Returns
+    -------
+    tuple of int
+        Increasing plane indices.
+    """
+    _check_n_slices(n_slices, n_planes, axis=None)
+    # Integer arithmetic: (2i + 1) * n / (2k) is the bin centre; floor keeps it exact for any n, k.
+    return tuple((2 * i + 1) * n_planes // (2 * n_slices) for i in range(n_slices))
+
+
+def _check_n_slices(n_slices, n_planes: int, *, axis) -> int:
+    where = f" (shape[{axis}] = {n_planes})" if axis is not None else ""
+    if isinstance(n_slices, bool) or not isinstance(n_slices, (int, np.integer)):
+        raise NeurosegInputError(
+            f"n_slices must be an integer between 1 and {n_planes}{where}, got {n_slices!r}.")
+    if not 1 <= n_slices <= n_planes:
+        raise NeurosegInputError(
+            f"n_slices must be between 1 and {n_planes}{where}, got {n_slices}. "
+            f"Use n_slices={n_planes} for dense labels, or annotate along another axis.")
+    return int(n_slices)
+
+
+def simulate_sparse(labels, *, n_slices: int, axis: int = 0, mode: str = "even", seed=None) -> SparseLabels:
+    """Keep ``n_slices`` fully annotated planes of a dense label volume; the rest becomes unlabelled.
+
+    Parameters
+    ----------
+    labels : ndarray of shape (Z, Y, X)
+        Dense ground truth: bool, binary (0/1, 0/255) or instance ids (non-negative integers);
+        anything > 0 is foreground. Not modified.
+    n_slices : int
+        Number of annotated planes, ``1 <= n_slices <= labels.shape[axis]``; the maximum gives dense labels.
+    axis : {0, 1, 2}
+        Axis the annotated planes are perpendicular to; 0 = Z (XY planes, how experts usually annotate).
+    mode : {"even", "random"}
+        ``"even"``: planes at the centres of ``n_slices`` equal bins (see :func:`even_planes`);
+        ``"random"``: ``n_slices`` distinct planes drawn uniformly without replacement.
+    seed : int, numpy.random.Generator or None
+        Random source for ``mode="random"`` (ignored by ``"even"``). The same seed gives the same planes.
+
+    Returns
+    -------
+    SparseLabels
+        New arrays; ``labels`` is foreground only on annotated planes.
+
+    Raises
+    ------
+    NeurosegInputError
+        If ``labels`` is not a 3D binary/instance volume, or ``n_slices``, ``axis`` or ``mode`` is invalid.
+    """
+    dense = _binary_labels(labels)
+    axis = _normalise_axis(axis)
+    n_planes = dense.shape[axis]
+    n_slices = _check_n_slices(n_slices, n_planes, axis=axis)
+    if mode == "even":
+        planes = even_planes(n_planes, n_slices)
+    elif mode == "random":
+        rng = np.random.default_rng(seed)
+        planes = tuple(int(p) for p in np.sort(rng.choice(n_planes, size=n_slices, replace=False)))
+    else:
+        raise NeurosegInputError(f"mode must be one of {_MODES}, got {mode!r}.")
+
+    plane_mask = np.zeros(n_planes, dtype=bool)
+    plane_mask[list(planes)] = True
+    broadcast_shape = [1, 1, 1]
+    broadcast_shape[axis] = n_planes
+    annotated = np.broadcast_to(plane_mask.reshape(broadcast_shape), dense.shape).copy()
+    sparse_labels = dense & annotated
+    return SparseLabels(labels=sparse_labels, annotated=annotated, planes=planes, axis=axis,
+                        fraction=n_slices / n_planes)
+
+
+def distance_to_annotated(annotated, *, axis: int = 0) -> np.ndarray:
+    """Distance, in planes along ``axis``, from every voxel to the nearest annotated plane.
+
+    A plane counts as annotated when it holds at least one annotated voxel, so the result is the same
+    for every voxel of a plane. Use it to score pseudo-labels by distance, e.g.
+    ``segmentation_scores(pseudo, truth, mask=distance == d)`` for each ``d``. Multiply by the spacing
+    along ``axis`` for micrometres.
+
+    Parameters
+    ----------
+    annotated : bool ndarray of shape (Z, Y, X)
+        Annotated voxels, e.g. ``SparseLabels.annotated``. Not modified.
+    axis : {0, 1, 2}
+        Axis the annotated planes are perpendicular to.
+
+    Returns
+    -------
+    int64 ndarray of shape (Z, Y, X)
+        0 on annotated planes, 1 on their neighbours, and so on.
+
+    Raises
+    ------
+    NeurosegInputError
+        If ``annotated`` is not 3D or contains no annotated voxel.
+    """
+    mask = check_volume(annotated, name="annotated")
+    axis = _normalise_axis(axis)
+    other_axes = tuple(a for a in range(3) if a != axis)
+    plane_is_annotated = np.any(mask != 0, axis=other_axes)
+    annotated_planes = np.flatnonzero(plane_is_annotated)
+    if annotated_planes.size == 0:
+        raise NeurosegInputError(
+            "annotated has no annotated voxel, so distances to an annotated plane are undefined. "
+            "Pass the mask from simulate_sparse(...).annotated with n_slices >= 1.")
+    index = np.arange(mask.shape[axis])
+    per_plane = np.abs(index[:, None] - annotated_planes[None, :]).min(axis=1).astype(np.int64)
+    broadcast_shape = [1, 1, 1]
+    broadcast_shape[axis] = mask.shape[axis]
+    return np.broadcast_to(per_plane.reshape(broadcast_shape), mask.shape).copy()

@@ -1,0 +1,62 @@
+"""The project's packaging files agree with each other and with README's commands."""
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+# conda-forge names that differ from the PyPI names used in pyproject.toml
+CONDA_TO_PYPI = {"pytorch": "torch"}
+CONDA_ONLY = {"python", "pip"}
+
+
+def _split(requirement: str) -> tuple[str, str]:
+    match = re.match(r"^\s*([A-Za-z0-9_.\-]+)\s*(.*)$", requirement)
+    assert match, requirement
+    return match.group(1).lower().replace("_", "-"), match.group(2).replace(" ", "")
+
+
+def _pyproject_requirements() -> dict[str, str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = list(project["dependencies"])
+    for extra in ("test", "book"):
+        requirements += project["optional-dependencies"][extra]
+    return dict(_split(r) for r in requirements)
+
+
+def _conda_requirements() -> dict[str, str]:
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pairs = {}
+    for item in env["dependencies"]:
+        if isinstance(item, dict):
+            continue
+        name, spec = _split(item)
+        if name in CONDA_ONLY:
+            continue
+        pairs[CONDA_TO_PYPI.get(name, name)] = spec
+    return pairs
+
+
+def test_environment_yml_matches_pyproject():
+    assert _conda_requirements() == _pyproject_requirements()
+
+
+def test_benchmark_extra_is_not_a_dependency():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not any(r.lower().startswith("monai") for r in project["dependencies"])
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"```(?:bash|sh)\n(.*?)```", readme, flags=re.S)
+    test_commands = [c.strip() for c in commands if "pytest" in c]
+    assert len(test_commands) == 1, "README must show exactly one test command"
+    assert test_commands[0] in (ROOT / ".ci" / "run").read_text()
+
+
+def test_package_does_not_import_monai():
+    for path in (ROOT / "neuroseg_lite").glob("*.py"):
+        assert not re.search(r"^\s*(import|from)\s+monai\b", path.read_text(), flags=re.M), path

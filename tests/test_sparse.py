@@ -1,0 +1,136 @@
+import numpy as np
+import pytest
+
+from neuroseg_lite._checks import NeurosegInputError
+from neuroseg_lite.sparse import SparseLabels, distance_to_annotated, even_planes, simulate_sparse
+
+
+def _labels(shape=(10, 6, 8), seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random(shape) > 0.6
+
+
+def test_one_slice_is_the_middle_plane():
+    labels = _labels((9, 6, 8))
+    sparse = simulate_sparse(labels, n_slices=1)
+    assert isinstance(sparse, SparseLabels)
+    assert sparse.planes == (4,)
+    assert sparse.annotated[4].all() and sparse.annotated.sum() == 6 * 8
+    np.testing.assert_array_equal(sparse.labels[4], labels[4])
+    assert not sparse.labels[np.arange(9) != 4].any()
+    assert sparse.fraction == pytest.approx(1 / 9)
+    assert simulate_sparse(_labels((10, 6, 8)), n_slices=1).planes == (5,)
+
+
+def test_even_planes_are_bin_centres():
+    assert even_planes(10, 2) == (2, 7)
+    assert even_planes(12, 3) == (2, 6, 10)
+    assert even_planes(48, 4) == (6, 18, 30, 42)
+    for n in range(1, 20):
+        for k in range(1, n + 1):
+            planes = even_planes(n, k)
+            assert len(set(planes)) == k and min(planes) >= 0 and max(planes) < n
+
+
+def test_all_slices_gives_dense_labels():
+    labels = _labels()
+    sparse = simulate_sparse(labels, n_slices=labels.shape[0])
+    assert sparse.fraction == 1.0
+    assert sparse.annotated.all()
+    np.testing.assert_array_equal(sparse.labels, labels)
+    assert sparse.planes == tuple(range(labels.shape[0]))
+    assert sparse.labels.dtype == bool and sparse.annotated.dtype == bool
+
+
+def test_instance_labels_are_binarised_and_input_untouched():
+    instances = np.zeros((6, 5, 5), dtype=np.uint16)
+    instances[2, 1:3, 1:3] = 7
+    instances[2, 4, 4] = 300
+    before = instances.copy()
+    sparse = simulate_sparse(instances, n_slices=6)
+    assert sparse.labels.dtype == bool
+    np.testing.assert_array_equal(sparse.labels, instances > 0)
+    np.testing.assert_array_equal(instances, before)
+    bool_labels = instances > 0
+    out = simulate_sparse(bool_labels, n_slices=6)
+    assert out.labels is not bool_labels
+    out.labels[:] = False
+    assert bool_labels.any()
+
+
+@pytest.mark.parametrize("bad", [np.full((4, 4, 4), -1, dtype=np.int32), np.full((4, 4, 4), 0.3)])
+def test_negative_or_fractional_labels_rejected(bad):
+    with pytest.raises(NeurosegInputError, match="neither binary nor instance"):
+        simulate_sparse(bad, n_slices=1)
+
+
+def test_random_mode_is_reproducible():
+    labels = _labels((30, 4, 4))
+    a = simulate_sparse(labels, n_slices=5, mode="random", seed=3)
+    b = simulate_sparse(labels, n_slices=5, mode="random", seed=3)
+    assert a.planes == b.planes
+    assert len(set(a.planes)) == 5 and list(a.planes) == sorted(a.planes)
+    others = {simulate_sparse(labels, n_slices=5, mode="random", seed=s).planes for s in range(10)}
+    assert len(others) > 1
+
+
+@pytest.mark.parametrize("axis", [1, 2])
+def test_other_axes(axis):
+    labels = _labels((4, 6, 8))
+    sparse = simulate_sparse(labels, n_slices=2, axis=axis)
+    n = labels.shape[axis]
+    assert sparse.axis == axis
+    assert sparse.planes == even_planes(n, 2)
+    assert sparse.fraction == pytest.approx(2 / n)
+    for plane in range(n):
+        annotated = np.take(sparse.annotated, plane, axis=axis)
+        assert annotated.all() == (plane in sparse.planes)
+        assert annotated.any() == (plane in sparse.planes)
+    expected = np.zeros_like(labels)
+    for plane in sparse.planes:
+        index = [slice(None)] * 3
+        index[axis] = plane
+        expected[tuple(index)] = labels[tuple(index)]
+    np.testing.assert_array_equal(sparse.labels, expected)
+
+
+@pytest.mark.parametrize("k", [0, -1, 11])
+def test_n_slices_out_of_range(k):
+    with pytest.raises(NeurosegInputError, match="between 1 and 10"):
+        simulate_sparse(_labels((10, 4, 4)), n_slices=k)
+
+
+def test_other_bad_options():
+    labels = _labels((10, 4, 4))
+    with pytest.raises(NeurosegInputError, match="between 1 and 4"):
+        simulate_sparse(labels, n_slices=5, axis=1)
+    with pytest.raises(NeurosegInputError, match="integer"):
+        simulate_sparse(labels, n_slices=2.5)
+    with pytest.raises(NeurosegInputError, match="axis"):
+        simulate_sparse(labels, n_slices=1, axis=3)
+    with pytest.raises(NeurosegInputError, match="mode"):
+        simulate_sparse(labels, n_slices=1, mode="uniform")
+    with pytest.raises(NeurosegInputError, match="3D"):
+        simulate_sparse(labels[0], n_slices=1)
+
+
+def test_distance_to_annotated_values():
+    sparse = simulate_sparse(np.ones((10, 3, 3), dtype=bool), n_slices=2)
+    assert sparse.planes == (2, 7)
+    distance = distance_to_annotated(sparse.annotated)
+    assert distance.shape == (10, 3, 3) and np.issubdtype(distance.dtype, np.integer)
+    np.testing.assert_array_equal(distance[:, 1, 2], [2, 1, 0, 1, 2, 2, 1, 0, 1, 2])
+    assert (distance == distance[:, :1, :1]).all()
+
+
+def test_distance_to_annotated_along_x():
+    annotated = np.zeros((2, 3, 6), dtype=bool)
+    annotated[:, :, 0] = True
+    annotated[:, :, 4] = True
+    distance = distance_to_annotated(annotated, axis=2)
+    np.testing.assert_array_equal(distance[1, 2], [0, 1, 2, 1, 0, 1])
+
+
+def test_distance_to_annotated_needs_an_annotation():
+    with pytest.raises(NeurosegInputError, match="no annotated"):
+        distance_to_annotated(np.zeros((4, 4, 4), dtype=bool))
