@@ -79,7 +79,7 @@ def check_spacing(spacing) -> tuple[float, float, float]:
     """Return voxel spacing as three positive floats in micrometres, (z, y, x)."""
     try:
         values = tuple(float(s) for s in spacing)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise NeurosegInputError(
             f"spacing must be three numbers (z, y, x) in micrometres, got {spacing!r}.") from err
     if len(values) != 3:

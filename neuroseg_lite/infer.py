@@ -129,6 +129,9 @@ def _resolve_divisor(model, divisor) -> tuple[int, int, int]:
     method = getattr(model, "required_divisor", None)
     if callable(method):
         return _as_triple(method(), what="model.required_divisor()")
+    attribute = getattr(model, "divisor", None)  # unet3d.UNet3D stores required_divisor(config) here
+    if attribute is not None:
+        return _as_triple(attribute, what="model.divisor")
     return (1, 1, 1)
 
 
@@ -204,7 +207,7 @@ def predict_volume(model: torch.nn.Module, image, *, tile=None, overlap: float =
         Gaussian window standard deviation as a fraction of the tile size, per axis.
     divisor : tuple of 3 int, optional
         Factors every tile size must be a multiple of. Default: ``model.required_divisor()`` when the
-        model has that method, else (1, 1, 1).
+        model has that method, else its ``divisor`` attribute (as ``UNet3D`` has), else (1, 1, 1).
 
     Returns
     -------
@@ -271,8 +274,15 @@ def predict_volume(model: torch.nn.Module, image, *, tile=None, overlap: float =
 
     from tqdm.auto import tqdm
 
+    # On the CPU, channels-last 3D weights let oneDNN run the U-Net's convolutions about twice as fast
+    # (benchmarks/bench_infer3d.py); the input alone is not enough, since a 1-channel tensor already counts as
+    # channels-last. The weights are converted back afterwards so the caller's model keeps its layout.
+    to_channels_last = device.type == "cpu" and any(
+        p.dim() == 5 and not p.is_contiguous(memory_format=torch.channels_last_3d) for p in model.parameters())
     was_training = model.training
     model.eval()
+    if to_channels_last:
+        model.to(memory_format=torch.channels_last_3d)
     try:
         with torch.inference_mode(), tqdm(total=n_tiles, disable=not progress, desc="predict_volume",
                                           unit="tile") as bar:
@@ -298,6 +308,8 @@ def predict_volume(model: torch.nn.Module, image, *, tile=None, overlap: float =
                 flush()
     finally:
         model.train(was_training)
+        if to_channels_last:
+            model.to(memory_format=torch.contiguous_format)
 
     # Divide by the summed weights: separable, so three 1D broadcasts in place, no full-size weight volume.
     for axis, plan in enumerate(plans):

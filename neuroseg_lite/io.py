@@ -198,8 +198,9 @@ def read_stack(path, *, lazy: bool = False):
     path : str or Path
         TIFF file holding one (Z, Y, X) stack. A single 2D image is returned as a (1, Y, X) stack.
     lazy : bool
-        If True, do not load the voxels: return a read-only ``numpy.memmap`` when the file is uncompressed and
-        contiguous, otherwise a :class:`LazyStack` that decodes z-planes when they are indexed.
+        If True, do not load the voxels: return a read-only ``numpy.memmap`` when the file is uncompressed,
+        contiguous and in the machine's byte order, otherwise a :class:`LazyStack` that decodes z-planes when
+        they are indexed.
 
     Returns
     -------
@@ -240,6 +241,9 @@ def read_stack(path, *, lazy: bool = False):
                 image = tifffile.memmap(path, mode="r")
             except ValueError:
                 image = None  # tifffile declined (unusual layout): page-wise reading still works
+            if image is not None and not image.dtype.isnative:
+                # big-endian files (ImageJ's default) would hand torch and numba a byte-swapped dtype
+                image = None
         if image is None:
             return LazyStack(path), spacing
     if image.ndim == 2:

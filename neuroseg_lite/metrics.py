@@ -243,7 +243,8 @@ def _surface(mask: np.ndarray) -> np.ndarray:
 
 def _surface_scores(pred, true, *, spacing, tolerance_um) -> dict:
     if not (np.isfinite(tolerance_um) and tolerance_um >= 0):
-        raise NeurosegInputError(f"tolerance_um must be a non-negative number of micrometres, got {tolerance_um!r}.")
+        raise NeurosegInputError(
+            f"tolerance_um must be a non-negative number of micrometres, got {tolerance_um!r}.")
     pred_empty, true_empty = not pred.any(), not true.any()
     if pred_empty and true_empty:
         return {"hd95_um": 0.0, "hd_um": 0.0, "assd_um": 0.0, "surface_dice": 1.0}

@@ -1,7 +1,9 @@
 """The two 2D networks that make pseudo-labels: a 32x32 patch classifier and a small 2D U-Net.
 
 Introduced in chapter 3 (``03_train_2d``); :func:`PatchCNN.dense_logits` is the subject of
-chapter 4 (``04_pseudo_labels``). Training and prediction live in :mod:`neuroseg_lite.pseudolabel`.
+chapter 4 (``04_pseudo_labels``). Also here: :class:`Train2DConfig` (which network, and how it is
+trained), :data:`PRESETS_2D` and the checkpoint functions. Training and prediction live in
+:mod:`neuroseg_lite.pseudolabel`, which re-exports all of these.
 
 The patch classifier follows the layer list the paper's authors published as a Caffe model:
 conv 32@5x5 -> ReLU -> maxpool 2 -> conv 64@3x3 -> ReLU -> maxpool 2 -> conv 64@3x3 -> ReLU ->
@@ -12,19 +14,34 @@ and columns j-16 .. j+15.
 """
 from __future__ import annotations
 
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from neuroseg_lite._checks import NeurosegInputError
+from neuroseg_lite.utils import select_device
 
 __all__ = [
     "PATCH_SIZE",
     "PATCH_CENTRE",
     "PatchCNN",
     "UNet2D",
+    "reflect_positions",
     "reflect_indices",
     "reflect_pad2d",
     "naive_logits",
+    "Train2DConfig",
+    "PRESETS_2D",
+    "build_model_2d",
+    "model_kind",
+    "save_2d",
+    "load_2d",
 ]
 
 PATCH_SIZE = 32
@@ -33,23 +50,29 @@ _PAD_BEFORE = PATCH_CENTRE
 _PAD_AFTER = PATCH_SIZE - PATCH_CENTRE - 1
 
 
-def reflect_indices(size: int, before: int, after: int) -> np.ndarray:
-    """Source indices that reflect-pad an axis of length ``size`` (edge pixel not repeated).
+def reflect_positions(positions: np.ndarray, size: int) -> np.ndarray:
+    """Map any integer positions onto ``0 .. size - 1`` by mirror reflection (edge pixel not repeated).
 
-    Equals ``np.pad(..., mode="reflect")`` whenever the pad is shorter than the axis. Longer pads keep
-    reflecting back and forth (period ``2 * (size - 1)``), so tiny images still get a well-defined
+    Equals the indexing of ``np.pad(..., mode="reflect")``, including pads longer than the axis, which
+    keep reflecting back and forth (period ``2 * (size - 1)``) so tiny images still get a well-defined
     border; an axis of length 1 is repeated (reflection is undefined there).
+    """
+    positions = np.asarray(positions, dtype=np.int64)
+    if size == 1:
+        return np.zeros_like(positions)
+    period = 2 * (size - 1)
+    folded = np.mod(positions, period)
+    return np.where(folded < size, folded, period - folded)
+
+
+def reflect_indices(size: int, before: int, after: int) -> np.ndarray:
+    """Source indices that reflect-pad an axis of length ``size`` by ``before`` and ``after`` elements.
 
     Returns
     -------
     ndarray of int64, shape (before + size + after,)
     """
-    positions = np.arange(-before, size + after)
-    if size == 1:
-        return np.zeros_like(positions)
-    period = 2 * (size - 1)
-    folded = np.mod(positions, period)
-    return np.where(folded < size, folded, period - folded).astype(np.int64)
+    return reflect_positions(np.arange(-before, size + after), size)
 
 
 def reflect_pad2d(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
@@ -253,3 +276,227 @@ class UNet2D(nn.Module):
         x = self.head(x)
         top, left = extra_h // 2, extra_w // 2
         return x[..., top:top + height, left:left + width]
+
+
+# ----------------------------------------------------------------------------- config
+
+MODEL_KINDS = ("patch", "unet2d")
+_DEFAULT_BATCH = {"patch": 128, "unet2d": 4}
+_CHECKPOINT_FORMAT = "neuroseg_lite.pseudolabel2d/1"
+
+
+@dataclass
+class Train2DConfig:
+    """Everything that decides how the 2D pseudo-labeller is built and trained.
+
+    Attributes
+    ----------
+    model : {"patch", "unet2d"}
+    context_planes : int
+        Neighbouring z-planes on each side given as extra channels (input has ``1 + 2 * context_planes``).
+    steps : int
+        Optimiser steps (Adam).
+    batch_size : int or None
+        Patches (``"patch"``) or crops (``"unet2d"``) per step; None picks 128 or 4 respectively.
+    lr, weight_decay : float
+        Adam learning rate and L2 weight decay.
+    lr_schedule : {"cosine", "constant"}
+        Cosine decay to 10 % of ``lr`` damps the step-to-step swings of the final model.
+    seed : int
+    class_balance : bool
+        ``"patch"``: draw foreground and background centres 50/50 (when both are annotated), otherwise
+        uniformly over annotated pixels. ``"unet2d"``: weight the masked loss so both classes count equally.
+    augment : bool
+        Random flips and 90-degree rotations in the XY plane.
+    intensity_jitter : float
+        Per-sample random gain ``1 + U(-j, j)`` and offset ``U(-j, j)`` (0 switches it off).
+    patch_size : int
+        Square crop side for ``"unet2d"`` (clipped to the image). The patch model always uses 32.
+    base_channels, depth : int
+        ``"unet2d"`` width and number of poolings.
+    dropout : float
+        ``"patch"`` dropout after the hidden fully connected layers.
+    val_every : int
+        Validate every that many steps when ``val`` is given (0: only at the end).
+    val_planes : int
+        Validation uses at most this many evenly spaced z-planes, to stay cheap.
+    amp : bool
+        Mixed precision (float16 autocast) on CUDA; ignored on other devices.
+    """
+
+    model: str = "patch"
+    context_planes: int = 0
+    steps: int = 1500
+    batch_size: int | None = None
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    lr_schedule: str = "cosine"
+    seed: int = 0
+    class_balance: bool = True
+    augment: bool = True
+    intensity_jitter: float = 0.1
+    patch_size: int = 128
+    base_channels: int = 16
+    depth: int = 3
+    dropout: float = 0.5
+    val_every: int = 250
+    val_planes: int = 8
+    amp: bool = True
+
+    @property
+    def in_channels(self) -> int:
+        return 1 + 2 * self.context_planes
+
+    def resolved_batch_size(self) -> int:
+        return self.batch_size if self.batch_size is not None else _DEFAULT_BATCH[self.model]
+
+    def validate(self) -> "Train2DConfig":
+        """Raise :class:`NeurosegInputError` naming the first unusable option."""
+        if self.model not in MODEL_KINDS:
+            raise NeurosegInputError(f"Train2DConfig.model must be one of {MODEL_KINDS}, got {self.model!r}.")
+        positive = {"steps": self.steps, "lr": self.lr, "patch_size": self.patch_size,
+                    "base_channels": self.base_channels, "depth": self.depth, "val_planes": self.val_planes}
+        if self.batch_size is not None:
+            positive["batch_size"] = self.batch_size
+        for name, value in positive.items():
+            if not value > 0:
+                raise NeurosegInputError(f"Train2DConfig.{name} must be positive, got {value!r}.")
+        for name in ("context_planes", "val_every", "weight_decay", "intensity_jitter"):
+            if getattr(self, name) < 0:
+                raise NeurosegInputError(f"Train2DConfig.{name} must be >= 0, got {getattr(self, name)!r}.")
+        if not 0 <= self.dropout < 1:
+            raise NeurosegInputError(f"Train2DConfig.dropout must be in [0, 1), got {self.dropout!r}.")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise NeurosegInputError(
+                f"Train2DConfig.lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}.")
+        return self
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Train2DConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise NeurosegInputError(
+                f"unknown Train2DConfig option(s) {unknown}; known options are {sorted(known)}.")
+        return cls(**values)
+
+
+PRESETS_2D: dict[str, Train2DConfig] = {
+    # A few steps: checks that everything runs (tests, CI), learns next to nothing.
+    "smoke": Train2DConfig(steps=10, batch_size=16, patch_size=64, val_every=5, val_planes=2),
+    # About a minute on 2 CPU cores for three 64x256x256 volumes (patch model, batches of 128).
+    "cpu": Train2DConfig(steps=1500, val_every=250),
+    # Closer to the paper's budget: many more patches, bigger U-Net crops.
+    "gpu": Train2DConfig(steps=20000, batch_size=256, patch_size=256, val_every=1000, val_planes=16),
+}
+
+
+def build_model_2d(config: Train2DConfig) -> torch.nn.Module:
+    """Return an untrained network of the kind and input channels that ``config`` asks for."""
+    config.validate()
+    if config.model == "patch":
+        return PatchCNN(config.in_channels, n_classes=2, dropout=config.dropout)
+    return UNet2D(config.in_channels, base_channels=config.base_channels, depth=config.depth)
+
+
+def model_kind(model) -> str:
+    """Return ``"patch"`` or ``"unet2d"`` for a 2D pseudo-labeller, else raise NeurosegInputError."""
+    if isinstance(model, PatchCNN):
+        return "patch"
+    if isinstance(model, UNet2D):
+        return "unet2d"
+    raise NeurosegInputError(
+        f"expected a PatchCNN or UNet2D from train_2d/load_2d, got {type(model).__name__}.")
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def _plain(value):
+    """History values as builtin Python types, which ``torch.load(weights_only=True)`` accepts."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def save_2d(path, model, *, config: Train2DConfig | dict, history: dict | None = None) -> Path:
+    """Save a trained 2D model with the config that built it and its history (a plain dict of tensors).
+
+    An existing file at ``path`` is replaced in one step (written to a temporary name, then renamed).
+    Raises :class:`NeurosegInputError` if ``config`` does not describe ``model`` (it could not be rebuilt).
+
+    Returns
+    -------
+    Path
+    """
+    if isinstance(config, dict):
+        config = Train2DConfig.from_dict(config)
+    config.validate()
+    kind = model_kind(model)
+    reference = build_model_2d(config)
+    reference_shapes = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    model_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if kind != config.model or reference_shapes != model_shapes:
+        raise NeurosegInputError(
+            f"config describes {_describe(reference)} but the model is {_describe(model)}; pass the config "
+            "the model was trained with.")
+    path = Path(path)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {"format": _CHECKPOINT_FORMAT, "kind": kind, "state_dict": state,
+               "config": dataclasses.asdict(config), "history": _plain(history or {}),
+               "torch_version": str(torch.__version__)}
+    # Write then rename: a crash mid-save never leaves a half-written checkpoint in place of a good one.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(payload, temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def _describe(model) -> str:
+    if isinstance(model, PatchCNN):
+        return f"a 'patch' model with {model.in_channels} input channel(s)"
+    return (f"a 'unet2d' model with {model.in_channels} input channel(s), base_channels={model.base_channels}, "
+            f"depth={model.depth}")
+
+
+def load_2d(path, *, device="auto") -> tuple[torch.nn.Module, dict]:
+    """Load a :func:`save_2d` checkpoint.
+
+    Returns
+    -------
+    model : PatchCNN or UNet2D
+        In eval mode, on ``device``.
+    info : dict
+        ``"config"`` (Train2DConfig), ``"kind"``, ``"history"``, ``"path"``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no 2D checkpoint at {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle and zip errors differ by torch version; all mean "not ours"
+        raise NeurosegInputError(f"{path} is not a readable torch checkpoint ({err}).") from err
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != _CHECKPOINT_FORMAT:
+        raise NeurosegInputError(f"{path} is not a 2D pseudo-labeller checkpoint written by save_2d "
+                                 "(3D U-Net checkpoints load with neuroseg_lite.train.load_checkpoint).")
+    config = Train2DConfig.from_dict(checkpoint["config"])
+    if checkpoint["kind"] != config.model:
+        raise NeurosegInputError(f"{path}: checkpoint holds a {checkpoint['kind']!r} model but its config "
+                                 f"says model={config.model!r}; the file was edited or is corrupt.")
+    model = build_model_2d(config)
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:
+        raise NeurosegInputError(
+            f"{path}: the saved weights do not fit the architecture its config describes (model="
+            f"{config.model!r}, context_planes={config.context_planes}, base_channels={config.base_channels}, "
+            f"depth={config.depth}): {err}") from err
+    device = select_device(device)
+    info = {"config": config, "kind": config.model, "history": checkpoint.get("history", {}), "path": path}
+    return model.to(device).eval(), info

@@ -167,6 +167,16 @@ def test_volume_smaller_than_tile_and_odd_sizes_with_divisor():
         predict_volume(model, image, tile=(4, 8, 12), device="cpu")
 
 
+def test_short_axes_are_reflection_padded_around_the_centre():
+    image = np.random.default_rng(7).random((3, 5, 30)).astype(np.float32)
+    model = Conv3()
+    # Divisor (4, 8, 8): the single tile is (4, 8, 32), so z gets 0 + 1, y 1 + 2, x 1 + 1 mirrored voxels.
+    prob = predict_volume(model, image, divisor=(4, 8, 8), device="cpu")
+    padded = np.pad(image, ((0, 1), (1, 2), (1, 1)), mode="reflect")
+    expected = whole_volume(model, padded)[0:3, 1:6, 1:31]
+    np.testing.assert_allclose(prob, expected, atol=1e-6, rtol=0)
+
+
 def test_single_voxel_axes():
     image = np.random.default_rng(3).random((1, 1, 9)).astype(np.float32)
     model = PointwiseWithDivisor(divisor=(4, 8, 8))
@@ -232,11 +242,14 @@ def test_unet3d_if_available():
     config = unet3d.UNet3DConfig(base_channels=4, depth=2)
     model = unet3d.UNet3D(config)
     image = np.random.default_rng(5).random((5, 21, 19)).astype(np.float32)
+    model.eval()
     divisor = unet3d.required_divisor(config)
-    kwargs = {} if hasattr(model, "required_divisor") else {"divisor": divisor}
-    prob = predict_volume(model, image, tile=tuple(4 * d for d in divisor), **kwargs, device="cpu")
+    # The divisor comes from the model itself; the default tile is clipped and padded to it.
+    prob = predict_volume(model, image, device="cpu")
     assert prob.shape == image.shape and prob.dtype == np.float32
     assert 0.0 <= prob.min() <= prob.max() <= 1.0
+    tiled = predict_volume(model, image, tile=tuple(2 * d for d in divisor), overlap=0.5, device="cpu")
+    assert np.abs(tiled - prob).mean() < 0.05  # small tiles lose context but agree on the whole
 
 
 @pytest.mark.parametrize("bad,match", [

@@ -1,0 +1,121 @@
+"""Cost of one 3D training step: the whole loop step against a bare forward/backward/step, and GFLOP/s.
+
+Run from the repository root:  .venv/bin/python benchmarks/bench_train3d.py [--preset cpu] [--threads 2]
+
+"step" is exactly what ``train_3d`` does per iteration (``_Trainer.step``: learning-rate update, patch sampling,
+augmentation, host-to-device copy, forward, weighted loss, backward, Adam step, weight-average update);
+"bare" is ``_Trainer.optimize`` on one pre-made batch (forward, loss, backward, Adam step). Both are timed
+interleaved on the same model, so machine load affects them alike; medians are reported. The step index is taken
+inside the weight-averaging window, the dearer part of training. The achieved rate counts the U-Net forward FLOPs
+with ``torch.utils.flop_counter.FlopCounterMode`` and multiplies by 3 for forward + backward; the peak is a
+timed float32 ``torch.mm`` of two 2048x2048 matrices. Prints one JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from neuroseg_lite.train import _build_trainer, make_train_config
+from neuroseg_lite.unet3d import UNet3DConfig
+from neuroseg_lite.utils import select_device
+
+
+def synthetic_volume(shape, seed):
+    """Bright blobs on noise, labels, one annotated plane in 8 and noisy pseudo-label probabilities."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.indices(shape, sparse=True)
+    labels = np.zeros(shape, bool)
+    for _ in range(40):
+        cz, cy, cx = (rng.integers(s) for s in shape)
+        labels |= ((zz - cz) * 2.0) ** 2 + (yy - cy) ** 2 + (xx - cx) ** 2 < rng.uniform(6, 12) ** 2
+    image = (labels + rng.normal(0, 0.4, shape)).astype(np.float32)
+    annotated = np.zeros(shape, bool)
+    annotated[4::8] = True
+    pseudo = np.clip(labels * 0.8 + rng.uniform(0, 0.3, shape), 0, 1).astype(np.float32)
+    return image, labels, annotated, pseudo
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak_gflops(device, n=2048, repeats=10):
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    torch.mm(a, b)
+    sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--shape", type=int, nargs=3, default=(64, 256, 256))
+    parser.add_argument("--base-channels", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = select_device(args.device)
+
+    volumes = [synthetic_volume(tuple(args.shape), seed) for seed in range(2)]
+    images, labels, annotated, pseudo = (list(v) for v in zip(*volumes))
+    config = make_train_config(args.preset)
+    model_config = UNet3DConfig(base_channels=args.base_channels)
+    trainer = _build_trainer(images, labels, annotated, pseudo=pseudo, config=config, model_config=model_config,
+                             device=device)
+    fixed_batch = trainer.next_batch()
+    lam = config.lam
+    step_index = trainer.average_start  # inside the averaging window
+
+    for _ in range(args.warmup):
+        trainer.step(step_index)
+        trainer.optimize(fixed_batch, lam)
+    sync(device)
+    step_times, bare_times = [], []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        trainer.step(step_index)
+        sync(device)
+        step_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        trainer.optimize(fixed_batch, lam)
+        sync(device)
+        bare_times.append(time.perf_counter() - start)
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        trainer.model(fixed_batch["image"])
+    train_flops = 3 * counter.get_total_flops()
+    step_s = statistics.median(step_times)
+    bare_s = statistics.median(bare_times)
+    print(json.dumps({
+        "step_s": round(step_s, 4),
+        "bare_step_s": round(bare_s, 4),
+        "overhead": round(step_s / bare_s - 1, 4),
+        "achieved_gflops": round(train_flops / step_s / 1e9, 2),
+        "matmul_peak_gflops": round(matmul_peak_gflops(device), 2),
+        "train_gflop_per_step": round(train_flops / 1e9, 2),
+        "preset": args.preset, "patch_size": list(config.patch_size), "batch_size": config.batch_size,
+        "base_channels": args.base_channels, "channels_last": config.channels_last,
+        "device": str(device), "threads": torch.get_num_threads(),
+    }))
+
+
+if __name__ == "__main__":
+    main()
