@@ -17,7 +17,6 @@ Methods compared (one row each in the results table):
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -25,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from neuroseg_lite import infer, io, metrics, pseudolabel, sparse, synth, train, unet3d
 from neuroseg_lite._checks import NeurosegInputError, check_same_shape, check_spacing, check_volume
@@ -80,6 +78,9 @@ PRESETS = {
     "smoke": ExperimentPreset("smoke", train_2d="smoke", train_3d="smoke", model_3d={"base_channels": 8, "depth": 2}),
     # Minutes per model on 2 CPU cores: the book's default run.
     "cpu": ExperimentPreset("cpu", train_2d="cpu", train_3d="cpu"),
+    # About a third of the "cpu" budgets: for sweeps over many settings on a CPU (chapter 7).
+    "quick": ExperimentPreset("quick", train_2d="cpu", train_3d="cpu", overrides_2d={"steps": 500},
+                              overrides_3d={"steps": 250}),
     # Paper-like budgets for a GPU (Colab).
     "gpu": ExperimentPreset("gpu", train_2d="gpu", train_3d="gpu", model_3d={"base_channels": 32, "depth": 4}),
 }
@@ -215,6 +216,12 @@ class Pipeline:
         self.progress = progress
         self.timings: dict[str, float] = {}
 
+    @property
+    def min_object_voxels(self) -> int:
+        """Predicted objects smaller than a 4 um sphere are specks, not neurons: object scores ignore them."""
+        voxel_volume = float(np.prod(self.data.spacing))
+        return max(1, int(round(4.0 / 3.0 * np.pi * 2.0**3 / voxel_volume)))
+
     # -- paths -----------------------------------------------------------------------------------------------
     def _path(self, kind: str, stem: str, suffix: str) -> Path:
         folder = self.workdir / kind
@@ -340,7 +347,8 @@ class Pipeline:
         probability = self.predict(method, n_slices=n_slices, seed=seed, lam=lam, pseudo_mode=pseudo_mode,
                                    normalization=normalization)
         seconds = time.perf_counter() - start
-        scores = metrics.evaluate(probability, self.data.test_labels, spacing=self.data.spacing, threshold=0.5)
+        scores = metrics.evaluate(probability, self.data.test_labels, spacing=self.data.spacing, threshold=0.5,
+                                  min_size_voxels=self.min_object_voxels)
         uses_lam = method == "3d_pseudo"
         row = {
             "data": self.data.name, "preset": self.preset.name, "method": method,

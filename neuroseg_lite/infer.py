@@ -27,7 +27,7 @@ __all__ = ["DEFAULT_TILE", "predict_volume", "tile_positions", "gaussian_window"
 
 # Larger than the (16, 64, 64) training patch: the outer rim of every tile lacks context and is
 # down-weighted, so a bigger tile wastes a smaller fraction of its voxels (see benchmarks/bench_infer3d.py).
-DEFAULT_TILE = (32, 128, 128)
+DEFAULT_TILE = (16, 128, 128)
 
 # Floor of the 1D window relative to its peak. Voxels at the volume border are covered only by tile
 # borders, where an unclamped Gaussian (4 sigma out) would leave a weight near 3e-4 per axis.
@@ -180,7 +180,7 @@ def _validate_image(image, name: str):
     return volume
 
 
-def predict_volume(model: torch.nn.Module, image, *, tile=None, overlap: float = 0.25, batch_size: int = 2,
+def predict_volume(model: torch.nn.Module, image, *, tile=None, overlap: float = 0.25, batch_size: int = 1,
                    device="auto", progress: bool = False, sigma_scale: float = 0.125,
                    divisor=None) -> np.ndarray:
     """Foreground probability of a whole stack by Gaussian-blended sliding-window inference.

@@ -285,9 +285,12 @@ _DEFAULT_BATCH = {"patch": 128, "unet2d": 4}
 _CHECKPOINT_FORMAT = "neuroseg_lite.pseudolabel2d/1"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Train2DConfig:
     """Everything that decides how the 2D pseudo-labeller is built and trained.
+
+    Frozen, so the shared :data:`PRESETS_2D` cannot be changed by accident: derive variants with
+    ``dataclasses.replace(PRESETS_2D["cpu"], model="unet2d", context_planes=1)``.
 
     Attributes
     ----------

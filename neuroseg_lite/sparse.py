@@ -14,7 +14,7 @@ import numpy as np
 
 from neuroseg_lite._checks import NeurosegInputError, check_volume
 
-__all__ = ["SparseLabels", "simulate_sparse", "distance_to_annotated", "even_planes"]
+__all__ = ["SparseLabels", "simulate_sparse", "from_planes", "distance_to_annotated", "even_planes"]
 
 _MODES = ("even", "random")
 
@@ -157,14 +157,49 @@ def simulate_sparse(labels, *, n_slices: int, axis: int = 0, mode: str = "even",
     else:
         raise NeurosegInputError(f"mode must be one of {_MODES}, got {mode!r}.")
 
+    return _keep_planes(dense, planes, axis)
+
+
+def _keep_planes(dense: np.ndarray, planes: tuple[int, ...], axis: int) -> SparseLabels:
+    n_planes = dense.shape[axis]
     plane_mask = np.zeros(n_planes, dtype=bool)
     plane_mask[list(planes)] = True
     broadcast_shape = [1, 1, 1]
     broadcast_shape[axis] = n_planes
     annotated = np.broadcast_to(plane_mask.reshape(broadcast_shape), dense.shape).copy()
-    sparse_labels = dense & annotated
-    return SparseLabels(labels=sparse_labels, annotated=annotated, planes=planes, axis=axis,
-                        fraction=n_slices / n_planes)
+    return SparseLabels(labels=dense & annotated, annotated=annotated, planes=tuple(planes), axis=axis,
+                        fraction=len(planes) / n_planes)
+
+
+def from_planes(labels, *, planes, axis: int = 0) -> SparseLabels:
+    """Describe a real annotation: ``labels`` is trusted on the listed planes only.
+
+    Use this for your own data, where an expert labelled a few whole planes of a stack
+    (see the book page "Using your own TIFF stacks").
+
+    Parameters
+    ----------
+    labels : ndarray of shape (Z, Y, X)
+        Bool, binary or instance labels; only the values on ``planes`` are used. Not modified.
+    planes : sequence of int
+        Indices along ``axis`` of the completely annotated planes (distinct, within the stack).
+    axis : {0, 1, 2}
+
+    Returns
+    -------
+    SparseLabels
+    """
+    dense = _binary_labels(labels)
+    axis = _normalise_axis(axis)
+    n_planes = dense.shape[axis]
+    chosen = sorted({int(p) for p in planes})
+    if not chosen:
+        raise NeurosegInputError("planes is empty: list at least one annotated plane, e.g. planes=[10].")
+    if len(chosen) != len(list(planes)) or chosen[0] < 0 or chosen[-1] >= n_planes:
+        raise NeurosegInputError(
+            f"planes must be distinct indices between 0 and {n_planes - 1} (shape[{axis}] = {n_planes}), "
+            f"got {list(planes)}.")
+    return _keep_planes(dense, tuple(chosen), axis)
 
 
 def distance_to_annotated(annotated, *, axis: int = 0) -> np.ndarray:

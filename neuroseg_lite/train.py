@@ -166,12 +166,15 @@ class TrainConfig:
             object.__setattr__(self, "val_tile", tuple(int(s) for s in self.val_tile))
 
 
-# "cpu" is sized for ~2 minutes of training on 2 CPU cores with the default UNet3DConfig: a step (16x64x64,
-# batch 2, augmentation included) measured about 0.2 s there (benchmarks/bench_train3d.py), so 600 steps.
+# "cpu" is sized for about 2 minutes of training on 2 CPU cores with the default UNet3DConfig (1.4 M parameters).
+# benchmarks/bench_train3d.py measured one step (16x64x64 patches, batch 2, sampling and augmentation included) at
+# about 0.16 s with 2 threads on an idle 2-core machine, and 0.45-0.5 s with 1 thread while other jobs shared the
+# cores (2 threads were then 4x slower still: OpenMP threads wait for each other; set num_threads=1 on a busy
+# machine). Validating a 64x256x256 volume with 16x64x64 tiles costs about 10 s, hence the sparse val_every.
 PRESETS_3D: dict[str, TrainConfig] = {
     "smoke": TrainConfig(patch_size=(8, 32, 32), batch_size=2, steps=12, val_every=6, log_every=2,
                          warmup_fraction=0.1, bn_refresh_batches=2),
-    "cpu": TrainConfig(patch_size=(16, 64, 64), batch_size=2, steps=600, val_every=200, log_every=10),
+    "cpu": TrainConfig(patch_size=(16, 64, 64), batch_size=2, steps=600, val_every=300, log_every=10),
     "gpu": TrainConfig(patch_size=(16, 128, 128), batch_size=8, steps=4000, val_every=250, log_every=25,
                        val_tile=(32, 128, 128), bn_refresh_batches=16),
 }
@@ -536,6 +539,10 @@ def _dice(probability: np.ndarray, truth: np.ndarray) -> float:
 def _build_trainer(images, labels, annotated, *, pseudo, config: TrainConfig, model_config: UNet3DConfig,
                    device: torch.device) -> _Trainer:
     """Check inputs, seed, build the sampler and model; shared by :func:`train_3d` and the benchmark."""
+    if model_config.in_channels != 1:
+        raise NeurosegInputError(
+            f"train_3d trains on single-channel (Z, Y, X) volumes, but model_config.in_channels is "
+            f"{model_config.in_channels}; use UNet3DConfig(in_channels=1).")
     divisor = required_divisor(model_config)
     if any(p % d for p, d in zip(config.patch_size, divisor)):
         fixed = tuple(max(d, p // d * d) for p, d in zip(config.patch_size, divisor))
@@ -591,6 +598,10 @@ def train_3d(images, labels, annotated, *, pseudo=None, config: TrainConfig | No
     if val is not None:
         val_image, val_truth = val
         val_image = check_volume(val_image, name="val image")
+        if not np.issubdtype(val_image.dtype, np.floating):
+            raise NeurosegInputError(
+                f"val image has dtype {val_image.dtype}; normalise it like the training images "
+                "(neuroseg_lite.io.normalize_percentile).")
         val_truth = _bool_volume(val_truth, name="val labels")
         check_same_shape(val_image, val_truth, names=("val image", "val labels"))
     old_threads = torch.get_num_threads()
@@ -749,7 +760,8 @@ def load_checkpoint(path, *, device="auto") -> tuple[UNet3D, dict]:
     model : UNet3D
         On ``device``, in eval mode.
     info : dict
-        "model_config" (UNet3DConfig), "train_config" (dict or None), "normalization", "history",
+        "model_config" (UNet3DConfig), "train_config" (TrainConfig; a plain dict if this version cannot parse
+        it; None if not saved), "normalization", "history",
         "format_version", "torch_version", "path".
     """
     path = Path(path)
@@ -788,9 +800,15 @@ def load_checkpoint(path, *, device="auto") -> tuple[UNet3D, dict]:
             f"{' ...' if len(unexpected) > 4 else ''}; shape mismatches: {shapes[:4]}"
             f"{' ...' if len(shapes) > 4 else ''}. Rebuild with the UNet3DConfig the weights were trained with.")
     model.load_state_dict(checkpoint["state_dict"])
+    train_config = checkpoint.get("train_config")
+    if isinstance(train_config, dict):
+        try:
+            train_config = TrainConfig(**train_config)
+        except (TypeError, NeurosegInputError):
+            pass  # written by another version: keep the plain dict rather than refuse the weights
     info = {
         "model_config": model_config,
-        "train_config": checkpoint.get("train_config"),
+        "train_config": train_config,
         "normalization": checkpoint.get("normalization"),
         "history": checkpoint.get("history", {}),
         "format_version": checkpoint.get("format_version"),

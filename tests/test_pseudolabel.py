@@ -229,6 +229,10 @@ def test_train_2d_rejects_bad_input(toy_data):
     for bad_option in ({"model": "resnet"}, {"steps": 0}, {"context_planes": -1}, {"dropout": 1.0}):
         with pytest.raises(NeurosegInputError, match=next(iter(bad_option))):
             train(images[:1], sparse[:1], config=dataclasses.replace(smoke, **bad_option))
+    with pytest.raises(NeurosegInputError, match="val"):
+        train(images[:1], sparse[:1], val=(images[0], dense[0][:4]))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        smoke.steps = 3  # the shared presets cannot be edited by accident
     with pytest.warns(UserWarning, match="background"):
         no_foreground = ToySparse(np.zeros_like(dense[0]), sparse[0].annotated)
         train(images[:1], [no_foreground], config=dataclasses.replace(smoke, steps=2))
@@ -246,6 +250,8 @@ def test_predict_2d_shape_range_and_input_untouched():
         np.testing.assert_array_equal(image, original)
     with pytest.raises(NeurosegInputError, match="3D"):
         predict_2d(PatchCNN(), image[0], device="cpu")
+    with pytest.raises(NeurosegInputError, match="batch_size"):
+        predict_2d(PatchCNN(), image, batch_size=0, device="cpu")
     with pytest.raises(NeurosegInputError, match="PatchCNN or UNet2D"):
         predict_2d(torch.nn.Conv2d(1, 1, 1), image, device="cpu")
 

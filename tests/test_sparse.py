@@ -134,3 +134,24 @@ def test_distance_to_annotated_along_x():
 def test_distance_to_annotated_needs_an_annotation():
     with pytest.raises(NeurosegInputError, match="no annotated"):
         distance_to_annotated(np.zeros((4, 4, 4), dtype=bool))
+
+
+def test_from_planes_trusts_only_the_listed_planes():
+    from neuroseg_lite.sparse import from_planes
+
+    labels = np.zeros((6, 4, 4), dtype=np.uint16)
+    labels[1, :2] = 3
+    labels[4] = 7  # not listed: must be ignored
+    annotation = from_planes(labels, planes=[3, 1])
+    assert annotation.planes == (1, 3)
+    assert annotation.fraction == pytest.approx(2 / 6)
+    assert annotation.annotated[[1, 3]].all() and not annotation.annotated[[0, 2, 4, 5]].any()
+    assert annotation.labels.sum() == 8 and not annotation.labels[4].any()
+
+
+@pytest.mark.parametrize("planes", [[], [6], [-1], [2, 2]])
+def test_from_planes_rejects_bad_planes(planes):
+    from neuroseg_lite.sparse import from_planes
+
+    with pytest.raises(NeurosegInputError, match="plane"):
+        from_planes(np.zeros((6, 4, 4), dtype=bool), planes=planes)

@@ -4,11 +4,20 @@ import torch
 
 from neuroseg_lite._checks import NeurosegInputError
 from neuroseg_lite.train import (DEFAULT_INTENSITY_NORMALIZATION, PRESETS_3D, PatchSampler, TrainConfig,
-                                 augment_patch, learning_rate, load_checkpoint, make_train_config, save_checkpoint,
-                                 train_3d)
+                                 _WeightAverage, augment_patch, learning_rate, load_checkpoint, make_train_config,
+                                 save_checkpoint, train_3d)
 from neuroseg_lite.unet3d import UNet3D, UNet3DConfig
 
 TINY_MODEL = UNet3DConfig(base_channels=4, depth=2)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny tensors gain nothing from more threads, and on a shared machine OpenMP threads wait on each other.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def _cubes(seed, shape=(16, 32, 32)):
@@ -165,6 +174,7 @@ def test_train_3d_reduces_loss_and_checkpoint_round_trip(tmp_path):
     model, info = load_checkpoint(path, device="cpu")
     assert info["normalization"] == DEFAULT_INTENSITY_NORMALIZATION
     assert info["model_config"] == TINY_MODEL and info["history"]["loss"] == history["loss"]
+    assert info["train_config"] == config
     x = torch.randn(1, 1, 8, 16, 16)
     with torch.no_grad():
         assert torch.equal(model(x), result.model.eval()(x))
@@ -191,7 +201,7 @@ def test_train_3d_is_seeded():
 
 
 @pytest.mark.parametrize("problem", ["integer_image", "shape", "no_annotation", "patch_divisor", "counts",
-                                     "instance_labels"])
+                                     "instance_labels", "integer_val", "in_channels"])
 def test_train_3d_bad_input(problem):
     image, labels = _cubes(4)
     annotated = np.ones(labels.shape, bool)
@@ -208,8 +218,15 @@ def test_train_3d_bad_input(problem):
         labels, match = [labels, labels], "one labels"
     elif problem == "instance_labels":
         labels, match = labels.astype(np.int32) * 3, "binarize_labels"
+    model_config = UNet3DConfig(in_channels=2, base_channels=4, depth=2) if problem == "in_channels" else TINY_MODEL
+    if problem == "in_channels":
+        match = "in_channels"
+    val = ((image * 100).astype(np.int16), labels) if problem == "integer_val" else None
+    if problem == "integer_val":
+        match = "val image"
     with pytest.raises(NeurosegInputError, match=match):
-        train_3d(image, labels, annotated, config=config, model_config=TINY_MODEL, device="cpu", progress=False)
+        train_3d(image, labels, annotated, config=config, model_config=model_config, val=val, device="cpu",
+                 progress=False)
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
@@ -238,3 +255,30 @@ def test_checkpoint_mismatches(tmp_path):
     with pytest.raises(NeurosegInputError, match="does not describe"):
         save_checkpoint(tmp_path / "b.pt", model, model_config=UNet3DConfig(base_channels=8, depth=2),
                         train_config=None, normalization=None, history=None)
+
+
+def test_lam_zero_ignores_pseudo_labels():
+    # lambda = 0 is Cicek's sparse training: pseudo-labels must change nothing, not even the patches drawn.
+    image, labels = _cubes(5)
+    annotated = np.zeros(labels.shape, bool)
+    annotated[4::6] = True
+    pseudo = np.random.default_rng(0).random(labels.shape).astype(np.float32)
+    config = make_train_config("smoke", steps=3, log_every=1, lam=0.0)
+    runs = [train_3d(image, labels, annotated, pseudo=p, config=config, model_config=TINY_MODEL, device="cpu",
+                     progress=False).history["loss"] for p in (None, pseudo)]
+    assert runs[0] == runs[1]
+
+
+def test_weight_average_is_the_mean_of_snapshots():
+    model = UNet3D(UNet3DConfig(base_channels=2, depth=1))
+    first = {k: v.clone() for k, v in model.state_dict().items()}
+    average = _WeightAverage()
+    average.update(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    average.update(model)
+    average.copy_to(model)
+    for key, value in model.state_dict().items():
+        if value.is_floating_point() and key.endswith("weight"):
+            torch.testing.assert_close(value, first[key] + 0.5)
