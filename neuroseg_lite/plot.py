@@ -26,6 +26,9 @@ __all__ = [
     "plot_confusion",
     "render_surfaces",
     "slice_browser",
+    "plot_metric_vs_k",
+    "plot_sections",
+    "METHOD_LABELS",
     "LABEL_COLOR",
     "PREDICTION_COLOR",
 ]
@@ -489,3 +492,227 @@ def slice_browser(image, *, labels=None, prediction=None, spacing=(1.0, 1.0, 1.0
             pass  # no ipywidgets: the static figure below still shows the data
     return show_orthogonal(image, labels=labels, prediction=prediction, spacing=spacing,
                            annotated_planes=annotated_planes)
+
+
+METHOD_LABELS = {
+    "2d": "2D pseudo-labeller",
+    "3d_sparse": "3D sparse (λ = 0)",
+    "3d_pseudo": "3D + pseudo-labels",
+    "3d_dense": "3D dense (upper bound)",
+}
+
+
+def _spread(values: np.ndarray, kind: str) -> tuple[float, float]:
+    """(lower, upper) distance of the error bar from the mean."""
+    mean = float(np.mean(values))
+    if kind == "range":  # clipped: rounding can make mean - min a tiny negative number
+        return max(0.0, mean - float(np.min(values))), max(0.0, float(np.max(values)) - mean)
+    std = float(np.std(values, ddof=1)) if values.size > 1 else 0.0
+    return std, std
+
+
+def plot_metric_vs_k(table, *, metrics=("dice", "precision", "recall"), x="n_slices", methods=None,
+                     reference_methods=("3d_dense",), spread="range", xscale="log", show_points=True,
+                     title=None, figsize=None) -> Figure:
+    """Scores against the annotation budget (or another setting): mean and spread over seeds, per method.
+
+    Introduced in chapter 7 (``07_sparsity_sweep``), where it draws the paper's Figure 2.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        One row per run, e.g. from :func:`neuroseg_lite.experiment.sweep`: columns ``"method"``, ``x``, the
+        ``metrics`` and usually ``"seed"``. Within one (method, x) the rows must differ only in their seed:
+        filter other settings (e.g. one ``lam``) first.
+    metrics : sequence of str
+        One panel per column.
+    x : str
+        Column on the horizontal axis (``"n_slices"``, or e.g. ``"lam"`` for an ablation).
+    methods : sequence of str, optional
+        Methods drawn as lines against ``x``, in this order; default every method in the table that is not in
+        ``reference_methods``.
+    reference_methods : sequence of str
+        Methods that do not depend on ``x`` (the dense upper bound): a horizontal line at their mean over all
+        their rows, with a band showing the spread.
+    spread : {"range", "std"}
+        Error bars: min-max over the rows (seeds), or the sample standard deviation.
+    xscale : {"log", "linear"}
+        ``"log"`` (base 2) suits annotation budgets 1, 2, 4, ...; use ``"linear"`` when ``x`` can be 0.
+    show_points : bool
+        Also draw every single run as a small faint dot.
+    title : str, optional
+    figsize : tuple of 2 float, optional
+
+    Returns
+    -------
+    Figure
+        One axes per metric; the legend is on the first one.
+    """
+    import pandas as pd
+
+    frame = pd.DataFrame(table)
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    needed = {"method", x, *metrics}
+    missing = sorted(needed - set(frame.columns))
+    if missing:
+        raise NeurosegInputError(f"table has no column(s) {missing}; it has {sorted(frame.columns)}.")
+    if frame.empty:
+        raise NeurosegInputError("table has no rows to plot.")
+    if spread not in ("range", "std"):
+        raise NeurosegInputError(f"spread must be 'range' or 'std', got {spread!r}.")
+    if xscale not in ("log", "linear"):
+        raise NeurosegInputError(f"xscale must be 'log' or 'linear', got {xscale!r}.")
+    present = list(dict.fromkeys(frame["method"]))
+    references = [m for m in reference_methods if m in present]
+    if methods is None:
+        methods = [m for m in present if m not in references]
+    else:
+        methods = list(methods)
+        absent = [m for m in methods if m not in present]
+        if absent:
+            raise NeurosegInputError(f"method(s) {absent} are not in the table; it holds {present}.")
+    if xscale == "log" and (frame.loc[frame["method"].isin(methods), x] <= 0).any():
+        raise NeurosegInputError(f"column {x!r} has values <= 0, which a log axis cannot show; use "
+                                 "xscale='linear'.")
+    if "seed" in frame.columns:
+        repeated = frame[frame["method"].isin(methods)].duplicated(subset=["method", x, "seed"])
+        if repeated.any():
+            row = frame[frame["method"].isin(methods)][repeated].iloc[0]
+            raise NeurosegInputError(
+                f"several rows for method {row['method']!r}, {x} = {row[x]}, seed {row['seed']}: they differ in "
+                "another setting (e.g. lam or pseudo_mode). Filter the table to one setting per method first.")
+
+    x_values = np.sort(frame.loc[frame["method"].isin(methods), x].unique().astype(float))
+    # small horizontal offsets keep the error bars of different methods apart
+    offsets = np.linspace(-1, 1, len(methods)) * 0.08 if len(methods) > 1 else np.zeros(1)
+    if xscale == "linear" and x_values.size > 1:
+        offsets = offsets * float(np.min(np.diff(x_values)))
+
+    if figsize is None:
+        figsize = (4.0 * len(metrics), 3.6)
+    fig = _new_figure(figsize=figsize, layout="constrained")
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, metric in zip(axes, metrics):
+        for i, method in enumerate(methods):
+            rows = frame[frame["method"] == method]
+            grouped = [(float(value), rows.loc[rows[x] == value, metric].to_numpy(dtype=float))
+                       for value in np.sort(rows[x].unique())]
+            xs = np.array([g[0] for g in grouped])
+            shown = xs * 2.0 ** offsets[i] if xscale == "log" else xs + offsets[i]
+            means = np.array([np.mean(g[1]) for g in grouped])
+            bars = np.array([_spread(g[1], spread) for g in grouped]).T
+            color = f"C{i}"
+            ax.errorbar(shown, means, yerr=bars, marker="o", markersize=4, capsize=3, color=color,
+                        label=METHOD_LABELS.get(method, method))
+            if show_points:
+                for position, (_, values) in zip(shown, grouped):
+                    ax.plot(np.full(values.size, position), values, linestyle="none", marker=".", markersize=4,
+                            color=color, alpha=0.35)
+        for j, method in enumerate(references):
+            values = frame.loc[frame["method"] == method, metric].to_numpy(dtype=float)
+            mean = float(np.mean(values))
+            low, high = _spread(values, spread)
+            color = ["black", "gray", "tab:brown"][j % 3]
+            ax.axhline(mean, color=color, linestyle="--", linewidth=1.2, label=METHOD_LABELS.get(method, method))
+            if high + low > 0:
+                ax.axhspan(mean - low, mean + high, color=color, alpha=0.12, linewidth=0)
+        if xscale == "log":
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(x_values, [f"{v:g}" for v in x_values])
+        ax.minorticks_off()
+        ax.set_xlabel(x)
+        ax.set_ylabel(metric)
+        ax.set_title(metric, fontsize=10)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    order = [METHOD_LABELS.get(m, m) for m in [*methods, *references]]
+    by_label = dict(zip(labels, handles))
+    axes[0].legend([by_label[label] for label in order], order, fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_sections(image, predictions: dict, *, labels, spacing, positions, plane: str = "xz",
+                  half_width_um: float = 20.0, threshold: float = 0.5, figsize=None) -> Figure:
+    """Side-by-side sections through chosen points, one row per point, one column per prediction.
+
+    Introduced in chapter 7 (``07_sparsity_sweep``) for the paper's Figure 3: XZ cuts through single neurons
+    show how well each method reconstructs their tops and bottoms.
+
+    Parameters
+    ----------
+    image : ndarray of shape (Z, Y, X)
+    predictions : dict of str to ndarray of shape (Z, Y, X)
+        Column title -> probabilities (thresholded at ``threshold``) or binary mask, outlined in magenta.
+    labels : ndarray of shape (Z, Y, X)
+        Ground truth, outlined in green in every panel.
+    spacing : tuple of 3 float
+        Voxel size (z, y, x) in micrometres; panels are drawn to physical scale.
+    positions : sequence of (z, y, x) voxel indices
+        One row per position: the ``"xz"`` section at its y (or the ``"yz"`` section at its x), cropped to
+        ``half_width_um`` on each side of it, all planes in z.
+    plane : {"xz", "yz"}
+    half_width_um : float
+    threshold : float
+    figsize : tuple of 2 float, optional
+
+    Returns
+    -------
+    Figure
+        ``len(positions)`` x ``1 + len(predictions)`` axes; the first column shows the truth alone.
+    """
+    image = check_volume(image if isinstance(image, np.ndarray) else np.asarray(image), name="image")
+    sz, sy, sx = check_spacing(spacing)
+    label_mask = _as_mask(labels, shape=image.shape, name="labels")
+    masks = {name: _as_mask(p, shape=image.shape, name=f"prediction {name!r}", threshold=threshold)
+             for name, p in predictions.items()}
+    if plane not in ("xz", "yz"):
+        raise NeurosegInputError(f"plane must be 'xz' or 'yz', got {plane!r}.")
+    positions = [tuple(int(p) for p in position) for position in positions]
+    if not positions:
+        raise NeurosegInputError("positions is empty; give at least one (z, y, x) voxel index.")
+    for position in positions:
+        if len(position) != 3 or not all(0 <= p < n for p, n in zip(position, image.shape)):
+            raise NeurosegInputError(f"position {position} is outside the stack of shape {image.shape}.")
+    if not half_width_um > 0:
+        raise NeurosegInputError(f"half_width_um must be > 0, got {half_width_um}.")
+
+    pixel = sx if plane == "xz" else sy
+    half = max(1, int(round(half_width_um / pixel)))
+    n_cols = 1 + len(masks)
+    if figsize is None:
+        aspect = image.shape[0] * sz / (2 * half * pixel)
+        figsize = (2.0 * n_cols, 2.0 * aspect * len(positions) + 0.6)
+    fig = _new_figure(figsize=figsize, layout="constrained")
+    axes = fig.subplots(len(positions), n_cols, squeeze=False)
+    for row, (z, y, x) in enumerate(positions):
+        centre, size = (x, image.shape[2]) if plane == "xz" else (y, image.shape[1])
+        lo, hi = max(0, centre - half), min(size, centre + half + 1)
+
+        def cut(volume):
+            return volume[:, y, lo:hi] if plane == "xz" else volume[:, lo:hi, x]
+
+        section = cut(image)
+        vmin, vmax = _display_range(section)
+        extent = (lo * pixel, hi * pixel, image.shape[0] * sz, 0)
+        for col, (name, mask) in enumerate([("truth", None), *masks.items()]):
+            ax = axes[row, col]
+            ax.imshow(section, cmap="gray", vmin=vmin, vmax=vmax, extent=extent, interpolation="nearest")
+            shifted = lambda m: np.pad(cut(m), ((0, 0), (lo, 0)))  # noqa: E731 - contour coordinates from 0
+            _draw_contour(ax, shifted(label_mask), pixel=(sz, pixel), color=LABEL_COLOR)
+            if mask is not None:
+                _draw_contour(ax, shifted(mask), pixel=(sz, pixel), color=PREDICTION_COLOR)
+            ax.set_xlim(lo * pixel, hi * pixel)
+            ax.set_ylim(image.shape[0] * sz, 0)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name, fontsize=9)
+            if col == 0:
+                ax.set_ylabel(f"{plane.upper()} at {'y' if plane == 'xz' else 'x'} = {y if plane == 'xz' else x}"
+                              "\nz down", fontsize=8)
+    fig.legend(handles=[Line2D([], [], color=LABEL_COLOR, label="truth"),
+                        Line2D([], [], color=PREDICTION_COLOR, label="prediction")],
+               loc="outside lower center", ncols=2, fontsize=8, frameon=False)
+    return fig

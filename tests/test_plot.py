@@ -177,3 +177,88 @@ def test_browser_widget_redraws_on_slider():
     assert show_labels.value and show_prediction.disabled
     slider.value = 1  # triggers a redraw; must not raise
     show_labels.value = False
+
+
+def sweep_table():
+    """A sweep-like table: 2 methods over k = 1, 4 with 3 seeds, plus a dense reference per seed."""
+    import pandas as pd
+
+    rows = []
+    for seed in range(3):
+        for k in (1, 4):
+            rows.append({"method": "2d", "n_slices": k, "seed": seed, "dice": 0.5 + 0.1 * seed, "recall": 0.6})
+            rows.append({"method": "3d_pseudo", "n_slices": k, "seed": seed, "dice": 0.7 + 0.01 * k,
+                         "recall": 0.8})
+        rows.append({"method": "3d_dense", "n_slices": 32, "seed": seed, "dice": 0.9 + 0.01 * seed, "recall": 0.9})
+    return pd.DataFrame(rows)
+
+
+def test_plot_metric_vs_k_means_spread_and_reference(closing):
+    fig = plot.plot_metric_vs_k(sweep_table(), metrics=("dice", "recall"))
+    closing(fig)
+    assert len(fig.axes) == 2
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    # first line of each errorbar container is the mean; 2d: mean over seeds 0.5, 0.6, 0.7 -> 0.6 at k = 1 and 4
+    container_2d, container_pseudo = ax.containers
+    np.testing.assert_allclose(container_2d.lines[0].get_ydata(), [0.6, 0.6])
+    np.testing.assert_allclose(container_pseudo.lines[0].get_ydata(), [0.71, 0.74])
+    # range spread of the 2d method: the caps sit at the min and max over seeds
+    caps = np.sort(np.concatenate([cap.get_ydata() for cap in container_2d.lines[1]]))
+    np.testing.assert_allclose(caps, [0.5, 0.5, 0.7, 0.7])
+    # the dense upper bound is a horizontal line at its mean, not a point per k
+    dashed = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
+    assert len(dashed) == 1 and dashed[0].get_ydata()[0] == pytest.approx(0.91)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == [plot.METHOD_LABELS[m] for m in ("2d", "3d_pseudo", "3d_dense")]
+    fig.canvas.draw()
+
+
+def test_plot_metric_vs_k_std_linear_axis_and_errors(closing):
+    table = sweep_table()
+    fig = plot.plot_metric_vs_k(table, metrics="dice", methods=["2d"], spread="std")
+    closing(fig)
+    caps = np.sort(np.concatenate([cap.get_ydata() for cap in fig.axes[0].containers[0].lines[1]]))
+    np.testing.assert_allclose(caps, [0.5, 0.5, 0.7, 0.7])  # std of 0.5, 0.6, 0.7 is 0.1
+    table_lam = table.assign(lam=table["n_slices"].map({1: 0.0, 4: 0.5}))
+    fig = plot.plot_metric_vs_k(table_lam, metrics="dice", x="lam", xscale="linear", methods=["3d_pseudo"])
+    closing(fig)
+    assert fig.axes[0].get_xscale() == "linear"
+    with pytest.raises(NeurosegInputError, match="log axis"):
+        plot.plot_metric_vs_k(table_lam, x="lam", metrics="dice")
+    with pytest.raises(NeurosegInputError, match="no column"):
+        plot.plot_metric_vs_k(table, metrics=("surface_dice",))
+    with pytest.raises(NeurosegInputError, match="Filter"):
+        plot.plot_metric_vs_k(pd_concat(table, table), metrics="dice")
+    with pytest.raises(NeurosegInputError, match="not in the table"):
+        plot.plot_metric_vs_k(table, metrics="dice", methods=["3d_sparse"])
+
+
+def pd_concat(*tables):
+    import pandas as pd
+
+    return pd.concat(tables, ignore_index=True)
+
+
+def test_plot_sections_grid_extent_and_overlays(closing):
+    image, labels = blobs()
+    predictions = {"shifted": np.roll(labels, 1, axis=0).astype(np.float32) * 0.9, "empty": np.zeros_like(labels)}
+    fig = plot.plot_sections(image, predictions, labels=labels, spacing=SPACING, positions=[(3, 7, 7), (5, 16, 15)],
+                             half_width_um=2.0)
+    closing(fig)
+    axes = np.array(fig.axes).reshape(2, 3)
+    assert [ax.get_title() for ax in axes[0]] == ["truth", "shifted", "empty"]
+    # crop of +-2 um = +-4 pixels of 0.5 um around x = 7: pixels 3..11, all 8 planes of 2 um
+    assert axes[0, 0].images[0].get_extent() == pytest.approx([1.5, 6.0, 16.0, 0.0])
+    assert axes[0, 0].images[0].get_array().shape == (8, 9)
+    green = tuple(np.round(matplotlib.colors.to_rgb(plot.LABEL_COLOR), 3))
+    magenta = tuple(np.round(matplotlib.colors.to_rgb(plot.PREDICTION_COLOR), 3))
+    colors = lambda ax: {tuple(np.round(c.get_edgecolor()[0][:3], 3)) for c in ax.collections}  # noqa: E731
+    assert colors(axes[0, 0]) == {green}
+    assert colors(axes[0, 1]) == {green, magenta}
+    assert colors(axes[0, 2]) == {green}  # an empty prediction draws no outline
+    fig.canvas.draw()
+    with pytest.raises(NeurosegInputError, match="outside"):
+        plot.plot_sections(image, predictions, labels=labels, spacing=SPACING, positions=[(8, 0, 0)])
+    with pytest.raises(NeurosegInputError, match="plane"):
+        plot.plot_sections(image, predictions, labels=labels, spacing=SPACING, positions=[(1, 1, 1)], plane="xy")
