@@ -1,0 +1,84 @@
+"""The experiment runner: one row per method, cached models, resumable results files, clear errors."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from neuroseg_lite import experiment, synth
+from neuroseg_lite._checks import NeurosegInputError
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Small models on a shared 2-core machine run faster (and more predictably) on one thread.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tiny_volumes():
+    train = synth.make_volume(preset="tiny", seed=1)
+    test = synth.make_volume(preset="tiny", seed=2)
+    return train, test
+
+
+def test_compare_returns_one_row_per_method_and_resumes(tiny_volumes, tmp_path):
+    train, test = tiny_volumes
+    image_before = train.image.copy()
+    results = tmp_path / "results.csv"
+    table = experiment.compare([train.image], [train.labels], test.image, test.labels, train.spacing,
+                               n_slices=2, lam=0.5, seed=0, preset="smoke", name="tiny", workdir=tmp_path,
+                               results_file=results, device="cpu")
+    assert list(table["method"]) == list(experiment.METHODS)
+    for column in ("dice", "precision", "recall", "iou", "tp", "fp", "fn", "tn", "object_f1", "hd95_um",
+                   "surface_dice", "seconds"):
+        assert column in table.columns
+    assert table[["dice", "precision", "recall"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert (table[["tp", "fp", "fn", "tn"]].sum(axis=1) == test.labels.size).all()
+    np.testing.assert_array_equal(train.image, image_before)
+    assert len(pd.read_csv(results)) == 4
+    assert len(list((tmp_path / "models").glob("*.pt"))) == 4
+
+    # A second call finds every row in the results file and trains nothing.
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "models").glob("*.pt")}
+    again = experiment.compare([train.image], [train.labels], test.image, test.labels, train.spacing,
+                               n_slices=2, lam=0.5, seed=0, preset="smoke", name="tiny", workdir=tmp_path,
+                               results_file=results, device="cpu")
+    assert len(again) == 4 and len(pd.read_csv(results)) == 4
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    pd.testing.assert_frame_equal(again.reset_index(drop=True), pd.read_csv(results))
+
+
+def test_pipeline_reloads_cached_models(tiny_volumes, tmp_path):
+    train, test = tiny_volumes
+    data = experiment.prepare_data([train.image], [train.labels], test.image, test.labels, train.spacing,
+                                   name="tiny")
+    first = experiment.Pipeline(data, preset="smoke", workdir=tmp_path, device="cpu", progress=False)
+    prediction = first.predict("3d_sparse", n_slices=1)
+    assert prediction.shape == test.image.shape and prediction.dtype == np.float32
+    second = experiment.Pipeline(data, preset="smoke", workdir=tmp_path, device="cpu", progress=False)
+    model, info = second.model_3d("3d_sparse", n_slices=1)
+    assert second.timings == {} and "history" in info
+    fresh = second.predict("3d_sparse", n_slices=1, image=data.test_image)
+    np.testing.assert_allclose(fresh, prediction, atol=2e-3)  # the cached copy is stored as float16
+
+
+def test_bad_arguments_are_named(tiny_volumes, tmp_path):
+    train, test = tiny_volumes
+    args = ([train.image], [train.labels], test.image, test.labels, train.spacing)
+    with pytest.raises(NeurosegInputError, match="preset"):
+        experiment.compare(*args, n_slices=1, preset="huge", workdir=tmp_path)
+    with pytest.raises(NeurosegInputError, match="lambda"):
+        experiment.compare(*args, n_slices=1, lam=-0.1, preset="smoke", workdir=tmp_path)
+    with pytest.raises(NeurosegInputError, match="shape"):
+        experiment.compare([train.image], [train.labels[:-1]], test.image, test.labels, train.spacing,
+                           n_slices=1, preset="smoke", workdir=tmp_path)
+    with pytest.raises(NeurosegInputError, match="one label volume per image"):
+        experiment.compare([train.image], [], test.image, test.labels, train.spacing, n_slices=1,
+                           preset="smoke", workdir=tmp_path)
+    with pytest.raises(NeurosegInputError, match="n_slices"):
+        experiment.compare(*args, n_slices=0, preset="smoke", workdir=tmp_path)
