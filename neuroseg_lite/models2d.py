@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neuroseg_lite._checks import NeurosegInputError
-from neuroseg_lite.utils import select_device
+from neuroseg_lite.utils import select_device, to_plain
 
 __all__ = [
     "PATCH_SIZE",
@@ -414,17 +414,6 @@ def model_kind(model) -> str:
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def _plain(value):
-    """History values as builtin Python types, which ``torch.load(weights_only=True)`` accepts."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def save_2d(path, model, *, config: Train2DConfig | dict, history: dict | None = None) -> Path:
     """Save a trained 2D model with the config that built it and its history (a plain dict of tensors).
 
@@ -449,7 +438,7 @@ def save_2d(path, model, *, config: Train2DConfig | dict, history: dict | None =
     path = Path(path)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"format": _CHECKPOINT_FORMAT, "kind": kind, "state_dict": state,
-               "config": dataclasses.asdict(config), "history": _plain(history or {}),
+               "config": dataclasses.asdict(config), "history": to_plain(history or {}),
                "torch_version": str(torch.__version__)}
     # Write then rename: a crash mid-save never leaves a half-written checkpoint in place of a good one.
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")

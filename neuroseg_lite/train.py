@@ -25,7 +25,7 @@ import torch
 from neuroseg_lite._checks import NeurosegInputError, check_image_values, check_same_shape, check_volume
 from neuroseg_lite.losses import NORMALIZATIONS, lambda_schedule, pseudo_targets, weighted_bce
 from neuroseg_lite.unet3d import UNet3D, UNet3DConfig, required_divisor
-from neuroseg_lite.utils import seed_everything, select_device
+from neuroseg_lite.utils import seed_everything, select_device, to_plain
 
 __all__ = [
     "TrainConfig",
@@ -666,21 +666,6 @@ def train_3d(images, labels, annotated, *, pseudo=None, config: TrainConfig | No
 # --------------------------------------------------------------------------------------------- checkpoints
 
 
-def _plain(value):
-    """Convert to the types ``torch.load(weights_only=True)`` accepts (no numpy scalars, no dataclasses)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    return value
-
-
 def save_checkpoint(path, model: torch.nn.Module, *, model_config: UNet3DConfig | None = None,
                     train_config: TrainConfig | None = None, normalization: dict | None = None,
                     history: dict | None = None) -> Path:
@@ -717,10 +702,10 @@ def save_checkpoint(path, model: torch.nn.Module, *, model_config: UNet3DConfig 
     payload = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_VERSION,
-        "model_config": _plain(asdict(model_config)),
-        "train_config": None if train_config is None else _plain(asdict(train_config)),
-        "normalization": _plain(normalization or DEFAULT_INTENSITY_NORMALIZATION),
-        "history": _plain(history or {}),
+        "model_config": to_plain(asdict(model_config)),
+        "train_config": None if train_config is None else to_plain(asdict(train_config)),
+        "normalization": to_plain(normalization or DEFAULT_INTENSITY_NORMALIZATION),
+        "history": to_plain(history or {}),
         "torch_version": str(torch.__version__),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
     }

@@ -11,7 +11,7 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["select_device", "seed_everything", "environment_report"]
+__all__ = ["select_device", "seed_everything", "environment_report", "to_plain"]
 
 
 def select_device(preference: str | torch.device = "auto") -> torch.device:
@@ -67,3 +67,22 @@ def environment_report(device: torch.device | None = None) -> str:
     if device.type == "cuda":
         lines.append(f"gpu           {torch.cuda.get_device_name(device)}")
     return "\n".join(lines)
+
+
+def to_plain(value):
+    """Convert nested values to the builtin types that ``torch.load(weights_only=True)`` accepts.
+
+    Dicts, lists and tuples are converted recursively, numpy scalars and arrays become Python numbers and
+    lists, tensors are moved to the CPU; anything else is returned as it is.
+    """
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    return value

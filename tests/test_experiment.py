@@ -4,19 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from neuroseg_lite import experiment, synth
 from neuroseg_lite._checks import NeurosegInputError
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Small models on a shared 2-core machine run faster (and more predictably) on one thread.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,6 @@ from neuroseg_lite._checks import NeurosegInputError
 from neuroseg_lite.losses import lambda_schedule, pseudo_targets, weight_map, weighted_bce
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors gain nothing from more threads, and on a shared machine OpenMP threads wait on each other.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _tiny_volumes():
     labels = np.array([1, 0, 1, 0, 0, 1], bool).reshape(1, 2, 3)
     annotated = np.array([1, 1, 0, 0, 0, 0], bool).reshape(1, 2, 3)

@@ -1,7 +1,6 @@
 """Every notebook in _toc.yml, in order, executed by papermill with its smoke parameters in a fresh kernel."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

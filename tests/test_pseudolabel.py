@@ -25,16 +25,6 @@ from neuroseg_lite.pseudolabel import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # Test machines are shared 2-core boxes: two OpenMP threads competing with other processes made these
-    # small-batch tests up to 8x slower than one thread. Restored afterwards for the other test modules.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @dataclass
 class ToySparse:
     labels: np.ndarray

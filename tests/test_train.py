@@ -11,15 +11,6 @@ from neuroseg_lite.unet3d import UNet3D, UNet3DConfig
 TINY_MODEL = UNet3DConfig(base_channels=4, depth=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors gain nothing from more threads, and on a shared machine OpenMP threads wait on each other.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _cubes(seed, shape=(16, 32, 32)):
     """Bright cubes on noise: a toy problem a tiny network learns in a few dozen steps."""
     rng = np.random.default_rng(seed)

@@ -5,15 +5,6 @@ from neuroseg_lite._checks import NeurosegInputError
 from neuroseg_lite.unet3d import UNet3D, UNet3DConfig, n_parameters, pool_factors, required_divisor
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors gain nothing from more threads, and on a shared machine OpenMP threads wait on each other.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.mark.parametrize("config", [
     UNet3DConfig(base_channels=2, depth=2),
     UNet3DConfig(base_channels=2, depth=2, norm="instance", upsample="trilinear"),
