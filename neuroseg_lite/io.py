@@ -157,7 +157,10 @@ def _imagej_spacing(tif: tifffile.TiffFile) -> tuple[float, float, float] | None
         return None
     if not (x_per_unit > 0 and y_per_unit > 0):
         return None
-    return (float(meta["spacing"]) * scale, scale / float(y_per_unit), scale / float(x_per_unit))
+    spacing = (float(meta["spacing"]) * scale, scale / float(y_per_unit), scale / float(x_per_unit))
+    # TIFF stores resolution as a rational (pixels per unit), so 0.9 um comes back as 0.8999999999999999;
+    # 12 significant digits is far finer than any microscope's calibration.
+    return tuple(float(f"{value:.12g}") for value in spacing)
 
 
 def _ome_spacing(tif: tifffile.TiffFile) -> tuple[float, float, float] | None:
@@ -332,8 +335,8 @@ def write_stack(path, image, *, spacing, overwrite: bool = False, compression=No
         raise FileNotFoundError(errno.ENOENT, f"The folder '{path.parent}' does not exist; create it first, "
                                 "e.g. Path(folder).mkdir(parents=True).", str(path.parent))
     if path.exists() and not overwrite:
-        raise FileExistsError(errno.EEXIST, f"'{path}' already exists and was left untouched. Pass "
-                              "overwrite=True to replace it, or choose another file name.", str(path))
+        raise FileExistsError(f"'{path}' already exists and was left untouched. Pass "
+                              "overwrite=True to replace it, or choose another file name.")
     data = _imagej_compatible(array)
     z, y, x = spacing
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)

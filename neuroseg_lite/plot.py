@@ -438,7 +438,6 @@ def _inside_ipython_kernel() -> bool:
 def _browser_widget(image, *, labels, prediction, spacing, annotated_planes=None):
     """The interactive browser: a z-slider and overlay check boxes redrawing ``show_orthogonal``."""
     import ipywidgets as widgets
-    from IPython.display import display
 
     nz, ny, nx = image.shape
     z_slider = widgets.IntSlider(value=nz // 2, min=0, max=nz - 1, description="z", continuous_update=False)
@@ -452,9 +451,10 @@ def _browser_widget(image, *, labels, prediction, spacing, annotated_planes=None
         fig = show_orthogonal(image, labels=labels if show_labels.value else None,
                               prediction=prediction if show_prediction.value else None, spacing=spacing,
                               position=(z_slider.value, ny // 2, nx // 2), annotated_planes=annotated_planes)
-        with output:
-            output.clear_output(wait=True)
-            display(fig)
+        # Replacing the outputs directly, not `with output: clear_output(); display()`, which sometimes
+        # leaves a headless executor (papermill, the book build) waiting forever (jupyter/nbclient#312).
+        output.outputs = ()
+        output.append_display_data(fig)
 
     for control in (z_slider, show_labels, show_prediction):
         control.observe(redraw, names="value")
