@@ -33,6 +33,11 @@ def _require(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep the test output readable
+        pass
+
+
 def _toc_pages() -> list[str]:
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     return [toc["root"]] + [c["file"] for part in toc["parts"] for c in part["chapters"]]
@@ -41,8 +46,7 @@ def _toc_pages() -> list[str]:
 @pytest.fixture(scope="module")
 def site():
     _require((HTML / "index.html").exists(), "no built book in _build/html: run jupyter-book build . first")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(HTML))
-    handler.log_message = lambda *args: None
+    handler = functools.partial(_QuietHandler, directory=str(HTML))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -103,8 +107,9 @@ def test_colab_button_links_to_this_notebook(site, browser, name):
 
 
 def test_screenshot_of_the_evaluation_chapter(site, browser):
-    page, _ = _open(browser, f"{site}/notebooks/06_evaluation.html")
+    page, response = _open(browser, f"{site}/notebooks/06_evaluation.html")
     try:
+        assert response is not None and response.ok
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         target = SCREENSHOTS / "06_evaluation.png"
         page.screenshot(path=str(target), full_page=True)
