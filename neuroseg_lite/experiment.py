@@ -337,8 +337,10 @@ class Pipeline:
                                      normalization=normalization)
             probability = infer.predict_volume(model, target, device=self.device, progress=self.progress)
         if image is None:
-            _save_npy(path, probability.astype(np.float16))
-        return probability
+            # Score what is cached, so that a re-evaluation from the cache gives the very same numbers.
+            probability = probability.astype(np.float16)
+            _save_npy(path, probability)
+        return probability.astype(np.float32)
 
     def evaluate(self, method: str, *, n_slices: int, seed: int = 0, lam: float = 0.5, pseudo_mode: str = "hard",
                  normalization: str = "paper") -> dict:

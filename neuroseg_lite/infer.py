@@ -38,11 +38,14 @@ MIN_WINDOW = 1e-3
 _SCAN_VOXELS = 1 << 23
 
 
-def tile_positions(length: int, tile: int, overlap: float = 0.25) -> list[int]:
+def tile_positions(length: int, tile: int, overlap: float = 0.25, *, align: int = 1) -> list[int]:
     """Start indices of tiles of size ``tile`` that cover ``[0, length)`` with at least ``overlap``.
 
-    Tiles are spread evenly between ``0`` and ``length - tile`` so neighbours overlap by the same amount
-    (at least ``overlap * tile`` voxels, more when the length does not divide evenly).
+    Starts are multiples of ``align`` and spread evenly, so neighbours overlap by about the same amount:
+    at least ``overlap * tile`` voxels (more when the length does not divide evenly), as far as a stride
+    of at least ``align`` allows. A U-Net is shift-equivariant only for shifts by multiples of its pooling
+    factors, so aligned tiles see the pooling grid of a whole-volume pass and reproduce its output away
+    from their borders; unaligned tiles compute a slightly different function.
 
     Parameters
     ----------
@@ -52,23 +55,30 @@ def tile_positions(length: int, tile: int, overlap: float = 0.25) -> list[int]:
         Tile size along the axis (>= 1). A tile at least as long as the axis gives the single start 0.
     overlap : float
         Requested fraction of a tile shared with its neighbour, in [0, 1).
+    align : int
+        Every start is a multiple of this (the model's divisor along the axis).
 
     Returns
     -------
     list of int
-        Increasing start indices; the first is 0 and the last is ``max(length - tile, 0)``.
+        Increasing start indices; the first is 0, and the last tile reaches ``length``: its start is
+        ``length - tile`` rounded up to a multiple of ``align``, so it may overhang the end by fewer than
+        ``align`` voxels (:func:`predict_volume` fills the overhang by reflection).
     """
-    length, tile = int(length), int(tile)
-    if length < 1 or tile < 1:
-        raise NeurosegInputError(f"tile_positions needs length >= 1 and tile >= 1, got length={length}, tile={tile}.")
+    length, tile, align = int(length), int(tile), int(align)
+    if length < 1 or tile < 1 or align < 1:
+        raise NeurosegInputError(
+            f"tile_positions needs length, tile and align >= 1, got length={length}, tile={tile}, align={align}.")
     if not 0.0 <= overlap < 1.0:
         raise NeurosegInputError(f"overlap must be in [0, 1) (a fraction of the tile), got {overlap!r}; 0.25 is typical.")
     if tile >= length:
         return [0]
-    stride = max(1, int(tile * (1.0 - overlap)))
-    n_tiles = math.ceil((length - tile) / stride) + 1
-    starts = np.round(np.linspace(0, length - tile, n_tiles)).astype(int)
-    return [int(s) for s in starts]
+    last = -(-(length - tile) // align) * align
+    stride = max(align, int(tile * (1.0 - overlap)) // align * align)
+    n_tiles = -(-last // stride) + 1
+    # Spread in units of align: rounding integers keeps every gap <= stride (stride is a multiple of align).
+    units = np.round(np.linspace(0, last // align, n_tiles)).astype(int)
+    return [int(u) * align for u in units]
 
 
 def gaussian_window(size: int, *, sigma_scale: float = 0.125) -> np.ndarray:
@@ -92,25 +102,24 @@ def gaussian_window(size: int, *, sigma_scale: float = 0.125) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _AxisPlan:
-    """Tiling of one axis: where tiles start in the volume and which part of a tile holds real data."""
+    """Tiling of one axis: for each tile, which volume voxels it holds and where they sit in the tile."""
 
     tile: int  # tile size fed to the network
-    starts: tuple[int, ...]  # tile starts in the volume
-    pad_before: int  # reflection padding when the axis is shorter than the tile
-    valid: int  # voxels of real data per tile: min(tile, length)
-    window: np.ndarray  # (valid,) weights of the real-data part of a tile
-    weight_sum: np.ndarray  # (length,) sum of the windows of all tiles at each position
+    sources: tuple[tuple[int, int, int], ...]  # per tile: (first volume voxel, voxel count, offset in the tile)
+    weight_sum: np.ndarray  # (length,) sum over tiles of the window weights each voxel receives
 
 
-def _plan_axis(length: int, tile: int, overlap: float, sigma_scale: float) -> _AxisPlan:
-    starts = tile_positions(length, tile, overlap)
-    valid = min(tile, length)
-    pad_before = (tile - valid) // 2  # centre short data in the tile so both borders get the same context
-    window = gaussian_window(tile, sigma_scale=sigma_scale)[pad_before:pad_before + valid]
+def _plan_axis(length: int, tile: int, divisor: int, overlap: float, window: np.ndarray) -> _AxisPlan:
+    if tile >= length:
+        # One tile holding the whole axis, centred so that both borders get the same (mirrored) context.
+        sources = ((0, length, (tile - length) // 2),)
+    else:
+        starts = tile_positions(length, tile, overlap, align=divisor)
+        sources = tuple((start, min(tile, length - start), 0) for start in starts)
     weight_sum = np.zeros(length, dtype=np.float64)
-    for start in starts:
-        weight_sum[start:start + valid] += window
-    return _AxisPlan(tile, tuple(starts), pad_before, valid, window, weight_sum)
+    for start, count, offset in sources:
+        weight_sum[start:start + count] += window[offset:offset + count]
+    return _AxisPlan(tile, sources, weight_sum)
 
 
 def _as_triple(value, *, what: str) -> tuple[int, int, int]:
@@ -233,7 +242,8 @@ def predict_volume(model: torch.nn.Module, image, *, tile=None, overlap: float =
     shape = tuple(int(n) for n in volume.shape)
     divisor = _resolve_divisor(model, divisor)
     tile = _resolve_tile(tile, shape, divisor)
-    plans = [_plan_axis(n, t, overlap, sigma_scale) for n, t in zip(shape, tile)]
+    windows = [gaussian_window(t, sigma_scale=sigma_scale) for t in tile]
+    plans = [_plan_axis(n, t, d, overlap, w) for n, t, d, w in zip(shape, tile, divisor, windows)]
     pz, py, px = plans
 
     device = select_device(device)
@@ -245,20 +255,17 @@ def predict_volume(model: torch.nn.Module, image, *, tile=None, overlap: float =
         autocast = torch.autocast("cuda", dtype=half)
     else:
         autocast = contextlib.nullcontext()
-
-    window = (pz.window[:, None, None] * py.window[None, :, None] * px.window[None, None, :]).astype(np.float32)
-    window = torch.from_numpy(window).to(device)
-    crop = tuple(slice(p.pad_before, p.pad_before + p.valid) for p in plans)
-    pads = [(p.pad_before, p.tile - p.valid - p.pad_before) for p in plans]
-    needs_pad = any(sum(pad) for pad in pads)
+    wz, wy, wx = windows
+    window = torch.from_numpy((wz[:, None, None] * wy[None, :, None] * wx[None, None, :]).astype(np.float32))
+    window = window.to(device)
 
     output = np.zeros(shape, dtype=np.float32)
     batch = np.empty((batch_size, 1) + tile, dtype=np.float32)
-    corners: list[tuple[int, int, int]] = []
-    n_tiles = len(pz.starts) * len(py.starts) * len(px.starts)
+    pending: list[tuple[tuple[slice, ...], tuple[slice, ...]]] = []  # (volume region, tile region) per tile
+    n_tiles = len(pz.sources) * len(py.sources) * len(px.sources)
 
     def flush():
-        n = len(corners)
+        n = len(pending)
         inputs = torch.from_numpy(batch[:n]).to(device=device, dtype=input_dtype)
         with autocast:
             logits = model(inputs)
@@ -267,10 +274,10 @@ def predict_volume(model: torch.nn.Module, image, *, tile=None, overlap: float =
             raise NeurosegInputError(
                 f"the model returned shape {tuple(logits.shape)} for input {expected}; predict_volume needs a "
                 "network that maps (N, 1, z, y, x) to one logit channel of the same size (like UNet3D).")
-        weighted = torch.sigmoid(logits[(slice(None), 0) + crop].float()).mul_(window).cpu().numpy()
-        for i, (z0, y0, x0) in enumerate(corners):
-            output[z0:z0 + pz.valid, y0:y0 + py.valid, x0:x0 + px.valid] += weighted[i]
-        corners.clear()
+        weighted = torch.sigmoid(logits[:, 0].float()).mul_(window).cpu().numpy()
+        for i, (region, inside) in enumerate(pending):
+            output[region] += weighted[i][inside]
+        pending.clear()
 
     from tqdm.auto import tqdm
 
@@ -286,25 +293,27 @@ def predict_volume(model: torch.nn.Module, image, *, tile=None, overlap: float =
     try:
         with torch.inference_mode(), tqdm(total=n_tiles, disable=not progress, desc="predict_volume",
                                           unit="tile") as bar:
-            for z0 in pz.starts:
+            for z0, nz, oz in pz.sources:
                 # One tile-deep slab: a view for ndarrays and memmaps, a bounded read for lazy stacks.
-                slab = volume[z0:z0 + pz.valid]
+                slab = volume[z0:z0 + nz]
                 if not isinstance(slab, np.ndarray):
                     slab = np.asarray(slab)
-                for y0 in py.starts:
-                    for x0 in px.starts:
-                        block = slab[:, y0:y0 + py.valid, x0:x0 + px.valid]
-                        slot = batch[len(corners), 0]
-                        if needs_pad:
+                for y0, ny, oy in py.sources:
+                    for x0, nx, ox in px.sources:
+                        block = slab[:, y0:y0 + ny, x0:x0 + nx]
+                        pads = [(o, t - o - n) for o, t, n in zip((oz, oy, ox), tile, (nz, ny, nx))]
+                        slot = batch[len(pending), 0]
+                        if any(before or after for before, after in pads):
                             slot[...] = np.pad(block.astype(np.float32), pads, mode="reflect")
                         else:
                             slot[...] = block  # the float32 conversion happens here, tile by tile
-                        corners.append((z0, y0, x0))
-                        if len(corners) == batch_size:
+                        pending.append(((slice(z0, z0 + nz), slice(y0, y0 + ny), slice(x0, x0 + nx)),
+                                        (slice(oz, oz + nz), slice(oy, oy + ny), slice(ox, ox + nx))))
+                        if len(pending) == batch_size:
                             flush()
                             bar.update(batch_size)
-            if corners:
-                bar.update(len(corners))
+            if pending:
+                bar.update(len(pending))
                 flush()
     finally:
         model.train(was_training)

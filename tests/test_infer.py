@@ -106,6 +106,24 @@ def test_tile_positions_cover_every_voxel(length, tile, overlap):
         assert tile - (b - a) >= min(tile * overlap, tile - 1) - 1e-9
 
 
+@pytest.mark.parametrize("length", [1, 7, 16, 17, 64, 101, 512])
+@pytest.mark.parametrize("tile,align", [(8, 4), (16, 4), (32, 8), (64, 8), (128, 8), (8, 8)])
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5])
+def test_aligned_tile_positions(length, tile, align, overlap):
+    starts = tile_positions(length, tile, overlap, align=align)
+    assert starts[0] == 0 and all(s % align == 0 for s in starts)
+    assert all(b > a for a, b in zip(starts, starts[1:]))
+    covered = np.zeros(length + align, dtype=int)
+    for s in starts:
+        covered[s:s + tile] += 1
+    assert covered[:length].min() >= 1
+    if tile < length:
+        assert length <= starts[-1] + tile < length + align  # the last tile overhangs by less than align
+        assert all(s + tile < length for s in starts[:-1])  # and only the last one overhangs
+    wanted = max(align, int(tile * (1 - overlap)) // align * align)  # the stride the overlap allows
+    assert all(b - a <= wanted for a, b in zip(starts, starts[1:]))
+
+
 @pytest.mark.parametrize("kwargs", [dict(length=0, tile=4), dict(length=4, tile=0),
                                     dict(length=8, tile=4, overlap=1.0), dict(length=8, tile=4, overlap=-0.1)])
 def test_tile_positions_bad_input(kwargs):
@@ -175,6 +193,34 @@ def test_short_axes_are_reflection_padded_around_the_centre():
     padded = np.pad(image, ((0, 1), (1, 2), (1, 1)), mode="reflect")
     expected = whole_volume(model, padded)[0:3, 1:6, 1:31]
     np.testing.assert_allclose(prob, expected, atol=1e-6, rtol=0)
+
+
+class BlockMax(torch.nn.Module):
+    """Max over 2x2 blocks in (y, x), broadcast back: shift-equivariant only for even shifts, like a U-Net."""
+
+    def required_divisor(self):
+        return (1, 2, 2)
+
+    def forward(self, x):
+        pooled = torch.nn.functional.max_pool3d(x, (1, 2, 2))
+        return torch.nn.functional.interpolate(pooled, scale_factor=(1, 2, 2), mode="nearest") - 0.5
+
+
+def test_tiles_follow_the_pooling_grid():
+    image = np.random.default_rng(9).random((5, 30, 26)).astype(np.float32)
+    model = BlockMax()
+    # Odd strides (tile 10, overlap 0.5 -> 5) would cut 2x2 blocks; aligned starts reproduce the whole volume.
+    prob = predict_volume(model, image, tile=(2, 10, 10), overlap=0.5, device="cpu")
+    np.testing.assert_allclose(prob, whole_volume(model, image), atol=1e-6, rtol=0)
+
+
+def test_overhanging_last_tiles():
+    image = np.random.default_rng(10).random((9, 21, 30)).astype(np.float32)
+    model = PointwiseWithDivisor(divisor=(4, 8, 8))  # z starts 0, 4, 8: the last tile holds one real plane
+    prob = predict_volume(model, image, tile=(4, 8, 16), overlap=0.25, device="cpu")
+    np.testing.assert_allclose(prob, whole_volume(Pointwise(), image), atol=1e-6, rtol=0)
+    constant = predict_volume(ConstantLogit(-1.3), image, tile=(4, 8, 16), divisor=(4, 8, 8), device="cpu")
+    np.testing.assert_allclose(constant, 1.0 / (1.0 + np.exp(1.3)), atol=1e-6, rtol=0)
 
 
 def test_single_voxel_axes():
@@ -250,6 +296,17 @@ def test_unet3d_if_available():
     assert 0.0 <= prob.min() <= prob.max() <= 1.0
     tiled = predict_volume(model, image, tile=tuple(2 * d for d in divisor), overlap=0.5, device="cpu")
     assert np.abs(tiled - prob).mean() < 0.05  # small tiles lose context but agree on the whole
+
+
+def test_unet3d_single_tile_equals_forward_and_layout_is_restored():
+    unet3d = pytest.importorskip("neuroseg_lite.unet3d")
+    torch.manual_seed(0)
+    model = unet3d.UNet3D(unet3d.UNet3DConfig(base_channels=4, depth=2)).eval()
+    image = np.random.default_rng(8).normal(size=(8, 16, 24)).astype(np.float32)  # a multiple of (2, 4, 4)
+    prob = predict_volume(model, image, tile=image.shape, device="cpu")  # one tile: no blending at all
+    np.testing.assert_allclose(prob, whole_volume(model, image), atol=1e-5, rtol=0)
+    # predict_volume switches the CPU weights to channels-last 3D for speed, then back.
+    assert all(p.is_contiguous() for p in model.parameters())
 
 
 @pytest.mark.parametrize("bad,match", [
