@@ -630,6 +630,15 @@ def _render_vessels(paths, cfg, shape, spacing):
     return factor, mask
 
 
+def _resolve_config(preset: str, config, overrides: dict) -> SynthConfig:
+    """The configuration a generator call asks for: ``config`` with ``overrides``, else the named preset's."""
+    if config is None:
+        return make_config(preset, **overrides)
+    if isinstance(config, SynthConfig):
+        return _apply_overrides(config, overrides)
+    raise NeurosegInputError(f"config must be a SynthConfig (see make_config), got {type(config).__name__}.")
+
+
 def make_volume(*, seed=0, preset: str = "tutorial", config: SynthConfig | None = None, **overrides) -> SynthVolume:
     """Generate one synthetic two-photon stack of cortex with its dense soma ground truth.
 
@@ -648,12 +657,7 @@ def make_volume(*, seed=0, preset: str = "tutorial", config: SynthConfig | None 
     SynthVolume
         ``image`` uint16 of shape (Z, Y, X), ``labels`` bool of shape (Z, Y, X), spacing and extras.
     """
-    if config is None:
-        cfg = make_config(preset, **overrides)
-    elif isinstance(config, SynthConfig):
-        cfg = _apply_overrides(config, overrides)
-    else:
-        raise NeurosegInputError(f"config must be a SynthConfig (see make_config), got {type(config).__name__}.")
+    cfg = _resolve_config(preset, config, overrides)
     if not isinstance(seed, np.random.SeedSequence) and not (isinstance(seed, (int, np.integer)) and seed >= 0):
         raise NeurosegInputError(f"seed must be a non-negative integer, got {seed!r}.")
     rng = np.random.default_rng(seed)
@@ -772,12 +776,7 @@ def make_dataset(*, n_train: int = 3, seed: int = 0, preset: str = "tutorial", c
         raise NeurosegInputError(f"n_train must be a positive integer (the paper used 3), got {n_train!r}.")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise NeurosegInputError(f"seed must be a non-negative integer, got {seed!r}.")
-    if config is None:
-        cfg = make_config(preset, **overrides)
-    elif isinstance(config, SynthConfig):
-        cfg = _apply_overrides(config, overrides)
-    else:
-        raise NeurosegInputError(f"config must be a SynthConfig (see make_config), got {type(config).__name__}.")
+    cfg = _resolve_config(preset, config, overrides)
     seeds = [int(child.generate_state(1)[0]) for child in np.random.SeedSequence(int(seed)).spawn(n_train + 1)]
     volumes = [make_volume(seed=s, config=cfg) for s in seeds]
     return SynthDataset(
