@@ -25,9 +25,13 @@ from neuroseg_lite.utils import select_device
 
 __all__ = ["DEFAULT_TILE", "predict_volume", "tile_positions", "gaussian_window"]
 
-# Larger than the (16, 64, 64) training patch: the outer rim of every tile lacks context and is
-# down-weighted, so a bigger tile wastes a smaller fraction of its voxels (see benchmarks/bench_infer3d.py).
-DEFAULT_TILE = (16, 128, 128)
+# Chosen by benchmarks/bench_infer3d.py and a whole-volume reference on 2 CPU cores with the default UNet3D:
+# twice the (16, 64, 64) training patch in z, because the network's receptive field reaches ~30 planes in z
+# and short tiles left visible z seams; 64 in y and x, because on the CPU small tiles run faster per voxel
+# (cache) and pool-grid-aligned 64-wide tiles already match the whole-volume output to ~1e-3; a batch of
+# two such tiles ran about twice as fast per voxel as one tile and still needs less memory than MONAI's
+# sliding_window_inference with the training patch as window.
+DEFAULT_TILE = (32, 64, 64)
 
 # Floor of the 1D window relative to its peak. Voxels at the volume border are covered only by tile
 # borders, where an unclamped Gaussian (4 sigma out) would leave a weight near 3e-4 per axis.
@@ -189,7 +193,7 @@ def _validate_image(image, name: str):
     return volume
 
 
-def predict_volume(model: torch.nn.Module, image, *, tile=None, overlap: float = 0.25, batch_size: int = 1,
+def predict_volume(model: torch.nn.Module, image, *, tile=None, overlap: float = 0.25, batch_size: int = 2,
                    device="auto", progress: bool = False, sigma_scale: float = 0.125,
                    divisor=None) -> np.ndarray:
     """Foreground probability of a whole stack by Gaussian-blended sliding-window inference.
@@ -203,8 +207,9 @@ def predict_volume(model: torch.nn.Module, image, *, tile=None, overlap: float =
         Normalised intensities (as used in training), any size and numeric dtype. Memory-mapped arrays
         and lazy array-likes (``io.read_stack(..., lazy=True)``) are read tile by tile; never modified.
     tile : tuple of 3 int, optional
-        Tile size (z, y, x), multiples of the divisor. Default ``DEFAULT_TILE`` = (32, 128, 128). Each axis
-        is clipped to the volume (rounded up to the divisor and filled by reflection padding).
+        Tile size (z, y, x), multiples of the divisor. Default ``DEFAULT_TILE`` = (32, 64, 64). Each axis
+        is clipped to the volume (rounded up to the divisor and filled by reflection padding). Tile starts
+        are multiples of the divisor (see :func:`tile_positions`).
     overlap : float
         Minimum fraction of a tile shared with each neighbour, in [0, 1).
     batch_size : int
@@ -227,7 +232,8 @@ def predict_volume(model: torch.nn.Module, image, *, tile=None, overlap: float =
     -----
     Peak memory is the float32 output plus one batch of tiles and the network's activations for it
     (plus one tile-deep slab of the input for lazy array-likes). On CUDA the forward pass runs under
-    bf16 (or fp16) autocast; on the CPU it runs in float32.
+    bf16 (or fp16) autocast, where larger tiles and batches usually pay off; on the CPU it runs in float32
+    with the weights temporarily in the channels-last 3D layout.
     """
     if not isinstance(model, torch.nn.Module):
         raise NeurosegInputError(f"model must be a torch.nn.Module, got {type(model).__name__}; "

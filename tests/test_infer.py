@@ -283,6 +283,17 @@ def test_lazy_z_only_array_like(image):
     assert lazy.reads > 1  # read slab by slab, not once as a whole
 
 
+def test_compressed_tiff_read_lazily(tmp_path):
+    io = pytest.importorskip("neuroseg_lite.io")
+    data = np.random.default_rng(11).integers(0, 60000, size=(7, 24, 20), dtype=np.uint16)
+    path = io.write_stack(tmp_path / "stack.tif", data, spacing=(2.0, 0.9, 0.9), compression="zlib")
+    lazy, _ = io.read_stack(path, lazy=True)
+    assert isinstance(lazy, io.LazyStack)  # compressed pages cannot be memory-mapped
+    model = ConstantScale(Conv3(), 1 / 60000)
+    expected = predict_volume(model, data, tile=(4, 16, 16), device="cpu")
+    np.testing.assert_array_equal(predict_volume(model, lazy, tile=(4, 16, 16), device="cpu"), expected)
+
+
 def test_unet3d_if_available():
     unet3d = pytest.importorskip("neuroseg_lite.unet3d")
     config = unet3d.UNet3DConfig(base_channels=4, depth=2)
