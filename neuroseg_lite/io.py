@@ -355,7 +355,7 @@ def write_stack(path, image, *, spacing, overwrite: bool = False, compression=No
 # Labels and intensities
 # ---------------------------------------------------------------------------------------------------------------
 
-def binarize_labels(labels) -> np.ndarray:
+def binarize_labels(labels, *, name: str = "labels") -> np.ndarray:
     """Turn binary or instance labels into a boolean foreground mask.
 
     Parameters
@@ -363,6 +363,8 @@ def binarize_labels(labels) -> np.ndarray:
     labels : ndarray of shape (Z, Y, X)
         bool; binary {0, 1} or {0, 255}; or instance labels (non-negative integers, 0 = background). Floats
         are accepted when every value is a non-negative whole number.
+    name : str
+        How the array is called in error messages.
 
     Returns
     -------
@@ -374,25 +376,25 @@ def binarize_labels(labels) -> np.ndarray:
     NeurosegInputError
         Negative values or fractional floats (e.g. probabilities): neither binary nor instance labels.
     """
-    labels = check_volume(labels, name="labels")
+    labels = check_volume(labels, name=name)
     if labels.dtype == bool:
         return labels.copy()
     if np.issubdtype(labels.dtype, np.complexfloating):
-        raise NeurosegInputError("labels are complex numbers, so they are neither binary nor instance labels; "
+        raise NeurosegInputError(f"{name} are complex numbers, so they are neither binary nor instance labels; "
                                  "pass integer or bool labels.")
     if np.issubdtype(labels.dtype, np.floating):
         if not np.isfinite(labels).all():
             raise NeurosegInputError(
-                "labels contain NaN or Inf, so they are neither binary nor instance labels. Replace them, "
+                f"{name} contain NaN or Inf, so they are neither binary nor instance labels. Replace them, "
                 "e.g. np.nan_to_num(labels), before binarising.")
         if not np.array_equal(labels, np.round(labels)):
             raise NeurosegInputError(
-                "labels contain fractional values, so they are neither binary nor instance labels. If they are "
+                f"{name} contain fractional values, so they are neither binary nor instance labels. If they are "
                 "probabilities, threshold them first (labels > 0.5); if they were resampled with interpolation, "
                 "resample with order=0 (nearest neighbour) instead.")
     if labels.min() < 0:
         raise NeurosegInputError(
-            f"labels contain negative values (min {labels.min()!r}), so they are neither binary nor instance "
+            f"{name} contain negative values (min {labels.min()!r}), so they are neither binary nor instance "
             "labels (0 = background, positive = object). Check the file is a label image and not an intensity "
             "image; a signed conversion may have wrapped 255 to -1 (use labels.astype(np.uint8)).")
     return labels > 0

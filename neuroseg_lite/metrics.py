@@ -23,7 +23,7 @@ from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
 from neuroseg_lite._checks import NeurosegInputError, check_same_shape, check_spacing, check_volume
-from neuroseg_lite.sparse import _binary_labels
+from neuroseg_lite.io import binarize_labels
 
 __all__ = ["confusion_counts", "segmentation_scores", "object_scores", "surface_scores", "evaluate"]
 
@@ -49,7 +49,7 @@ def _binary_prediction(prediction, threshold: float) -> np.ndarray:
 
 def _prepare(prediction, truth, threshold, mask=None):
     pred = _binary_prediction(prediction, threshold)
-    true = _binary_labels(truth, name="truth")
+    true = binarize_labels(truth, name="truth")
     check_same_shape(pred, true, names=("prediction", "truth"))
     region = None
     if mask is not None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from neuroseg_lite._checks import NeurosegInputError, check_volume
+from neuroseg_lite.io import binarize_labels
 
 __all__ = ["SparseLabels", "simulate_sparse", "from_planes", "distance_to_annotated", "even_planes"]
 
@@ -48,30 +49,6 @@ class SparseLabels:
     def n_slices(self) -> int:
         """Number of annotated planes."""
         return len(self.planes)
-
-
-def _binary_labels(labels, *, name: str = "labels") -> np.ndarray:
-    """Return a new bool volume ``labels > 0`` after checking the values are binary or instance ids."""
-    arr = check_volume(labels, name=name)
-    if arr.dtype == bool:
-        return arr.copy()
-    if np.issubdtype(arr.dtype, np.floating):
-        finite = np.isfinite(arr)
-        if not finite.all():
-            raise NeurosegInputError(
-                f"{name} contains NaN or Inf values; labels must be bool, binary (0/1) or non-negative "
-                "integer instance ids. Fix the label file or threshold a probability map first.")
-        if np.any(arr != np.round(arr)):
-            raise NeurosegInputError(
-                f"{name} has fractional values (e.g. {arr[arr != np.round(arr)].flat[0]!r}), so it is neither "
-                "binary nor instance labels. If this is a probability map, threshold it first, "
-                "e.g. labels = probability >= 0.5.")
-    if np.issubdtype(arr.dtype, np.signedinteger) or np.issubdtype(arr.dtype, np.floating):
-        if arr.min() < 0:
-            raise NeurosegInputError(
-                f"{name} has negative values (minimum {arr.min()!r}), so it is neither binary nor instance "
-                "labels. Use 0 for background and positive integers for objects.")
-    return arr > 0
 
 
 def _normalise_axis(axis) -> int:
@@ -145,7 +122,7 @@ def simulate_sparse(labels, *, n_slices: int, axis: int = 0, mode: str = "even",
     NeurosegInputError
         If ``labels`` is not a 3D binary/instance volume, or ``n_slices``, ``axis`` or ``mode`` is invalid.
     """
-    dense = _binary_labels(labels)
+    dense = binarize_labels(labels)
     axis = _normalise_axis(axis)
     n_planes = dense.shape[axis]
     n_slices = _check_n_slices(n_slices, n_planes, axis=axis)
@@ -189,7 +166,7 @@ def from_planes(labels, *, planes, axis: int = 0) -> SparseLabels:
     -------
     SparseLabels
     """
-    dense = _binary_labels(labels)
+    dense = binarize_labels(labels)
     axis = _normalise_axis(axis)
     n_planes = dense.shape[axis]
     chosen = sorted({int(p) for p in planes})
