@@ -17,6 +17,9 @@ Methods compared (one row each in the results table):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -39,6 +42,7 @@ __all__ = [
     "compare",
     "sweep",
     "default_workdir",
+    "preset_variant",
     "synthetic_data",
 ]
 
@@ -61,8 +65,15 @@ class ExperimentPreset:
         Key of :data:`neuroseg_lite.train.PRESETS_3D`.
     model_3d : dict
         Overrides of :class:`neuroseg_lite.unet3d.UNet3DConfig`.
-    overrides_3d : dict
-        Overrides of the 3D training preset (e.g. the number of steps).
+    overrides_2d, overrides_3d : dict
+        Overrides of the 2D and 3D training presets (e.g. the number of steps).
+    prior_correction : bool
+        Correct the class-balanced 2D model's probabilities to the foreground share of the annotated voxels
+        (:func:`neuroseg_lite.pseudolabel.correct_prior`) wherever they are used: the 2D method's predictions
+        and the pseudo-labels. Off in the paper's method; an ablation of chapter 7.
+    shared_2d_name : str, optional
+        Name of a preset whose cached 2D models this one reuses because it trains them identically (set by
+        :func:`preset_variant`); None: its own.
     """
 
     name: str
@@ -71,6 +82,13 @@ class ExperimentPreset:
     model_3d: dict = field(default_factory=dict)
     overrides_2d: dict = field(default_factory=dict)
     overrides_3d: dict = field(default_factory=dict)
+    prior_correction: bool = False
+    shared_2d_name: str | None = None
+
+    @property
+    def name_2d(self) -> str:
+        """The name under which this preset's 2D models are cached."""
+        return self.shared_2d_name or self.name
 
 
 PRESETS = {
@@ -78,12 +96,43 @@ PRESETS = {
     "smoke": ExperimentPreset("smoke", train_2d="smoke", train_3d="smoke", model_3d={"base_channels": 8, "depth": 2}),
     # Minutes per model on 2 CPU cores: the book's default run.
     "cpu": ExperimentPreset("cpu", train_2d="cpu", train_3d="cpu"),
-    # About a third of the "cpu" budgets: for sweeps over many settings on a CPU (chapter 7).
-    "quick": ExperimentPreset("quick", train_2d="cpu", train_3d="cpu", overrides_2d={"steps": 500},
-                              overrides_3d={"steps": 250}),
+    # About half a minute per 3D model on 2 CPU cores: for grids of many runs (chapters 7 and 8). A U-Net with 8
+    # base channels (2.2x faster per step than 16) and a 3x higher learning rate. Chosen, before any pseudo-label
+    # run, as the cheapest budget tried whose dense and sparse 3D models did not collapse on any of 3 seeds and
+    # whose dense Dice was within 0.01 of a 600-step run: see benchmarks/calibrate_sweep_preset.py.
+    "sweep": ExperimentPreset("sweep", train_2d="cpu", train_3d="cpu", model_3d={"base_channels": 8},
+                              overrides_2d={"steps": 500}, overrides_3d={"steps": 400, "lr": 3e-3}),
     # Paper-like budgets for a GPU (Colab).
     "gpu": ExperimentPreset("gpu", train_2d="gpu", train_3d="gpu", model_3d={"base_channels": 32, "depth": 4}),
 }
+
+
+def preset_variant(preset, **changes) -> ExperimentPreset:
+    """A preset with some fields changed and a name that says which, so its cached models are kept apart.
+
+    Example: ``preset_variant("sweep", prior_correction=True)`` is named ``"sweep+prior_correction"``.
+    """
+    base = PRESETS[preset] if isinstance(preset, str) and preset in PRESETS else preset
+    if not isinstance(base, ExperimentPreset):
+        raise NeurosegInputError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)} or pass an "
+                                 "ExperimentPreset.")
+    valid = {f.name for f in dataclasses.fields(ExperimentPreset)} - {"name"}
+    unknown = sorted(set(changes) - valid)
+    if unknown:
+        raise NeurosegInputError(f"unknown ExperimentPreset field(s) {unknown}; valid fields: {sorted(valid)}.")
+    tag = "+".join(_tag(key, value) for key, value in sorted(changes.items()))
+    same_2d = not {"train_2d", "overrides_2d", "shared_2d_name"} & set(changes)
+    return dataclasses.replace(base, name=f"{base.name}+{tag}" if tag else base.name,
+                               shared_2d_name=base.name_2d if same_2d else None, **changes)
+
+
+def _tag(key: str, value) -> str:
+    """A file-name-safe label for one changed preset field."""
+    if value is True:
+        return key
+    if isinstance(value, (bool, int, float, str)) and all(c.isalnum() or c in "-_." for c in str(value)):
+        return f"{key}-{value}"
+    return f"{key}-{hashlib.sha1(repr(value).encode()).hexdigest()[:8]}"
 
 
 def default_workdir() -> Path:
@@ -195,7 +244,8 @@ class Pipeline:
     data : Data
         From :func:`prepare_data`.
     preset : str or ExperimentPreset
-        ``"smoke"``, ``"cpu"`` or ``"gpu"``.
+        A key of :data:`PRESETS` (``"smoke"``, ``"sweep"``, ``"cpu"``, ``"gpu"``) or your own preset; cached
+        files are named after ``preset.name``, so give a changed preset a new name.
     workdir : path-like, optional
         Where checkpoints, pseudo-labels and predictions are kept (default :func:`default_workdir`).
     device : str
@@ -226,7 +276,20 @@ class Pipeline:
     def _path(self, kind: str, stem: str, suffix: str) -> Path:
         folder = self.workdir / kind
         folder.mkdir(parents=True, exist_ok=True)
-        return folder / f"{self.data.name}_{self.preset.name}_{stem}{suffix}"
+        # A variant that trains its 2D models exactly like another preset reuses them (same weights, one training).
+        name = self.preset.name_2d if kind == "models" and stem.startswith("2d_") else self.preset.name
+        return folder / f"{self.data.name}_{name}_{stem}{suffix}"
+
+    def _record_seconds(self, path: Path, seconds: float) -> None:
+        """Keep the wall time that produced the cached file ``path``, beside it, for later results rows."""
+        self.timings[f"{path.parent.name}/{path.stem}"] = seconds
+        _write_json(path.with_name(path.name + ".seconds.json"),
+                    {"seconds": round(seconds, 3), "device": str(self.device)})
+
+    def stage_seconds(self, kind: str, stem: str, suffix: str) -> float:
+        """Wall time recorded for the cached file of ``kind`` ("models" or "pseudo"); NaN if none was."""
+        record = self._path(kind, stem, suffix + ".seconds.json")
+        return float(json.loads(record.read_text())["seconds"]) if record.exists() else math.nan
 
     @staticmethod
     def _stem(method, *, n_slices, seed, lam=None, pseudo_mode=None, normalization=None) -> str:
@@ -263,7 +326,7 @@ class Pipeline:
         model, history = pseudolabel.train_2d(self.data.train_images, self.sparse_labels(n_slices),
                                               config=self.train_config_2d(seed=seed), device=self.device,
                                               progress=self.progress)
-        self.timings[f"train_2d_k{n_slices}_seed{seed}"] = time.perf_counter() - start
+        self._record_seconds(path, time.perf_counter() - start)
         pseudolabel.save_2d(path, model, config=self.train_config_2d(seed=seed), history=history)
         return model
 
@@ -280,10 +343,25 @@ class Pipeline:
             with np.load(path) as stored:
                 return [stored[f"volume{i}"].astype(np.float32) for i in range(len(stored.files))]
         model = self.model_2d(n_slices=n_slices, seed=seed)
-        probabilities = [pseudolabel.predict_2d(model, image, device=self.device, progress=self.progress)
-                         for image in self.data.train_images]
+        start = time.perf_counter()
+        probabilities = [self._predict_2d(model, image, n_slices=n_slices) for image in self.data.train_images]
+        self._record_seconds(path, time.perf_counter() - start)
         _save_npz(path, {f"volume{i}": p.astype(np.float16) for i, p in enumerate(probabilities)})
         return probabilities
+
+    def annotated_prior(self, n_slices: int) -> float:
+        """Foreground share of the annotated voxels of all training volumes at ``n_slices`` planes each."""
+        annotation = self.sparse_labels(n_slices)
+        return (sum(int(a.labels[a.annotated].sum()) for a in annotation)
+                / sum(int(a.annotated.sum()) for a in annotation))
+
+    def _predict_2d(self, model, image: np.ndarray, *, n_slices: int) -> np.ndarray:
+        probability = pseudolabel.predict_2d(model, image, device=self.device, progress=self.progress)
+        config = self.train_config_2d(seed=0)
+        prior = self.annotated_prior(n_slices)
+        if self.preset.prior_correction and config.class_balance and 0 < prior < 1:
+            probability = pseudolabel.correct_prior(probability, prior=prior)
+        return probability
 
     def model_3d(self, method: str, *, n_slices: int, seed: int = 0, lam: float = 0.5, pseudo_mode: str = "hard",
                  normalization: str = "paper"):
@@ -315,7 +393,7 @@ class Pipeline:
         start = time.perf_counter()
         result = train.train_3d(self.data.train_images, labels, annotated, pseudo=pseudo, config=config,
                                 model_config=model_config, device=self.device, progress=self.progress)
-        self.timings[path.stem] = time.perf_counter() - start
+        self._record_seconds(path, time.perf_counter() - start)
         train.save_checkpoint(path, result.model, model_config=model_config, train_config=config,
                               normalization=NORMALIZATION, history=result.history)
         return train.load_checkpoint(path, device=self.device)
@@ -331,12 +409,15 @@ class Pipeline:
         target = self.data.test_image if image is None else image
         if method == "2d":
             model = self.model_2d(n_slices=n_slices, seed=seed)
-            probability = pseudolabel.predict_2d(model, target, device=self.device, progress=self.progress)
+            start = time.perf_counter()
+            probability = self._predict_2d(model, target, n_slices=n_slices)
         else:
             model, _ = self.model_3d(method, n_slices=n_slices, seed=seed, lam=lam, pseudo_mode=pseudo_mode,
                                      normalization=normalization)
+            start = time.perf_counter()
             probability = infer.predict_volume(model, target, device=self.device, progress=self.progress)
         if image is None:
+            self._record_seconds(path, time.perf_counter() - start)
             # Score what is cached, so that a re-evaluation from the cache gives the very same numbers.
             probability = probability.astype(np.float16)
             _save_npy(path, probability)
@@ -344,11 +425,17 @@ class Pipeline:
 
     def evaluate(self, method: str, *, n_slices: int, seed: int = 0, lam: float = 0.5, pseudo_mode: str = "hard",
                  normalization: str = "paper") -> dict:
-        """One results row: the method's scores on the test volume, with its settings and timings."""
-        start = time.perf_counter()
+        """One results row: the method's scores on the test volume, with its settings and stage timings.
+
+        The ``*_seconds`` columns are the wall times recorded when each stage ran (NaN where a cached file
+        predates the records): ``train_2d_seconds`` and ``pseudo_seconds`` (predicting the pseudo-labels) for
+        the 2D model and the pseudo-label method, ``train_3d_seconds`` for the 3D models, ``predict_seconds``
+        for the test volume, and their sum ``total_seconds``.
+        """
         probability = self.predict(method, n_slices=n_slices, seed=seed, lam=lam, pseudo_mode=pseudo_mode,
                                    normalization=normalization)
-        seconds = time.perf_counter() - start
+        stages = self.stage_times(method, n_slices=n_slices, seed=seed, lam=lam, pseudo_mode=pseudo_mode,
+                                  normalization=normalization)
         scores = metrics.evaluate(probability, self.data.test_labels, spacing=self.data.spacing, threshold=0.5,
                                   min_size_voxels=self.min_object_voxels)
         uses_lam = method == "3d_pseudo"
@@ -362,14 +449,36 @@ class Pipeline:
             "normalization": normalization if uses_lam else "none",
             "seed": seed,
             **scores,
-            "seconds": round(seconds, 2),
+            **{name: round(value, 2) for name, value in stages.items()},
         }
         return row
+
+    def stage_times(self, method: str, *, n_slices: int, seed: int = 0, lam: float = 0.5, pseudo_mode: str = "hard",
+                    normalization: str = "paper") -> dict:
+        """Recorded wall time of every stage that ``method`` needs, in seconds (see :meth:`evaluate`)."""
+        stem_2d = self._stem("2d", n_slices=n_slices, seed=seed)
+        stem = self._stem(method, n_slices=n_slices, seed=seed, lam=lam, pseudo_mode=pseudo_mode,
+                          normalization=normalization)
+        uses_2d = method in ("2d", "3d_pseudo")
+        stages = {
+            "train_2d_seconds": self.stage_seconds("models", stem_2d, ".pt") if uses_2d else 0.0,
+            "pseudo_seconds": self.stage_seconds("pseudo", stem_2d, ".npz") if method == "3d_pseudo" else 0.0,
+            "train_3d_seconds": self.stage_seconds("models", stem, ".pt") if method != "2d" else 0.0,
+            "predict_seconds": self.stage_seconds("predictions", stem, ".npy"),
+        }
+        stages["total_seconds"] = sum(stages.values())
+        return stages
 
 
 def _save_npz(path: Path, arrays: dict) -> None:
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, content: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(content))
     os.replace(tmp, path)
 
 
@@ -456,7 +565,8 @@ def compare(train_images, train_labels, test_image, test_labels, spacing, *, n_s
     lam : float
         Weight of the pseudo-labels (>= 0).
     seed : int
-    preset : {"smoke", "cpu", "gpu"}
+    preset : str or ExperimentPreset
+        A key of :data:`PRESETS` (``"smoke"``, ``"sweep"``, ``"cpu"``, ``"gpu"``) or an ExperimentPreset.
     pseudo_mode : {"hard", "soft"}
     normalization : {"paper", "global"}
         See :func:`neuroseg_lite.losses.weighted_bce`.

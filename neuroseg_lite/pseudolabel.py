@@ -50,6 +50,7 @@ __all__ = [
     "build_model_2d",
     "train_2d",
     "predict_2d",
+    "correct_prior",
     "save_2d",
     "load_2d",
 ]
@@ -398,3 +399,34 @@ def predict_2d(model, image, *, batch_size: int = 8, device="auto", progress: bo
     model.to(device)
     return _predict_planes(model, image, np.arange(image.shape[0]), batch_size=batch_size, device=device,
                            progress=progress)
+
+
+def correct_prior(probability, *, prior: float, training_prior: float = 0.5) -> np.ndarray:
+    """Re-weight class probabilities learned under one foreground prior for data with another (Bayes' rule).
+
+    A class-balanced 2D model (``Train2DConfig.class_balance``) learned ``p(foreground | patch)`` in a world
+    where half of the pixels are foreground, so at threshold 0.5 it over-predicts foreground in a volume where
+    far fewer are. Multiplying the odds by ``prior / (1 - prior)`` over ``training_prior / (1 - training_prior)``
+    gives the probability under the true prior (Saerens et al., Neural Computation 14, 2002). Used by the
+    pseudo-label quality ablation of chapter 7 (``07_sparsity_sweep``).
+
+    Parameters
+    ----------
+    probability : ndarray of any shape, values in [0, 1]
+        Foreground probabilities, e.g. from :func:`predict_2d`; not modified.
+    prior : float in (0, 1)
+        Foreground share of the data the probabilities are for, e.g. that of the annotated voxels.
+    training_prior : float in (0, 1)
+        Foreground share the model was trained under (0.5 for class-balanced training).
+
+    Returns
+    -------
+    ndarray of float32, same shape
+    """
+    for name, value in (("prior", prior), ("training_prior", training_prior)):
+        if not 0 < value < 1:
+            raise NeurosegInputError(f"{name} must be strictly between 0 and 1, got {value}; a prior of 0 or 1 "
+                                     "would turn every probability into that class.")
+    p = np.clip(np.asarray(probability, dtype=np.float64), 0.0, 1.0)
+    odds_ratio = (prior / (1 - prior)) / (training_prior / (1 - training_prior))
+    return (p * odds_ratio / (p * odds_ratio + (1 - p))).astype(np.float32)

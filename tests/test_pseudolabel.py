@@ -18,6 +18,7 @@ from neuroseg_lite.pseudolabel import (
     UNet2D,
     _patch_batch,
     build_model_2d,
+    correct_prior,
     load_2d,
     predict_2d,
     save_2d,
@@ -301,3 +302,26 @@ def test_checkpoint_mismatch_raises(tmp_path):
         load_2d(tmp_path / "other.pt", device="cpu")
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_2d(tmp_path / "missing.pt", device="cpu")
+
+
+def test_correct_prior_turns_a_balanced_posterior_into_the_true_one():
+    # Two Gaussian classes: the exact posterior under a 50/50 prior, corrected to a 10 % prior, must equal the
+    # exact posterior computed directly under the 10 % prior.
+    x = np.linspace(-4, 4, 101)
+    likelihood_fg, likelihood_bg = np.exp(-0.5 * (x - 1) ** 2), np.exp(-0.5 * (x + 1) ** 2)
+    balanced = likelihood_fg / (likelihood_fg + likelihood_bg)
+    true = 0.1 * likelihood_fg / (0.1 * likelihood_fg + 0.9 * likelihood_bg)
+    before = balanced.copy()
+    corrected = correct_prior(balanced, prior=0.1)
+    np.testing.assert_allclose(corrected, true, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(balanced, before)
+    assert corrected.dtype == np.float32 and corrected.shape == balanced.shape
+    np.testing.assert_allclose(correct_prior(balanced, prior=0.3, training_prior=0.3), balanced,
+                               rtol=1e-6)
+    assert correct_prior(np.array([0.0, 0.5, 1.0]), prior=0.2).tolist() == pytest.approx([0, 0.2, 1])
+
+
+@pytest.mark.parametrize("prior", [0.0, 1.0, -0.1, 1.5])
+def test_correct_prior_rejects_degenerate_priors(prior):
+    with pytest.raises(NeurosegInputError, match="strictly between 0 and 1"):
+        correct_prior(np.array([0.5]), prior=prior)
