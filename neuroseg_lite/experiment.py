@@ -287,7 +287,7 @@ class Pipeline:
                     {"seconds": round(seconds, 3), "device": str(self.device)})
 
     def stage_seconds(self, kind: str, stem: str, suffix: str) -> float:
-        """Wall time recorded for the cached file of ``kind`` ("models" or "pseudo"); NaN if none was."""
+        """Wall time recorded for the cached file of ``kind`` ("models", "pseudo" or "predictions"); NaN if none."""
         record = self._path(kind, stem, suffix + ".seconds.json")
         return float(json.loads(record.read_text())["seconds"]) if record.exists() else math.nan
 
@@ -357,10 +357,11 @@ class Pipeline:
 
     def _predict_2d(self, model, image: np.ndarray, *, n_slices: int) -> np.ndarray:
         probability = pseudolabel.predict_2d(model, image, device=self.device, progress=self.progress)
-        config = self.train_config_2d(seed=0)
-        prior = self.annotated_prior(n_slices)
-        if self.preset.prior_correction and config.class_balance and 0 < prior < 1:
-            probability = pseudolabel.correct_prior(probability, prior=prior)
+        # Only a class-balanced model learned under a 50 % prior; the others need no correction.
+        if self.preset.prior_correction and self.train_config_2d(seed=0).class_balance:
+            prior = self.annotated_prior(n_slices)
+            if 0 < prior < 1:
+                probability = pseudolabel.correct_prior(probability, prior=prior)
         return probability
 
     def model_3d(self, method: str, *, n_slices: int, seed: int = 0, lam: float = 0.5, pseudo_mode: str = "hard",
@@ -470,22 +471,23 @@ class Pipeline:
         return stages
 
 
-def _save_npz(path: Path, arrays: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
+def _replace_atomically(path: Path, write) -> None:
+    """Write with ``write(temporary_path)`` next to ``path``, then rename: no half-written cache files."""
+    tmp = path.with_name(path.name + ".tmp" + path.suffix)  # numpy appends .npy/.npz unless the name ends so
+    write(tmp)
     os.replace(tmp, path)
+
+
+def _save_npz(path: Path, arrays: dict) -> None:
+    _replace_atomically(path, lambda tmp: np.savez_compressed(tmp, **arrays))
 
 
 def _write_json(path: Path, content: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(content))
-    os.replace(tmp, path)
+    _replace_atomically(path, lambda tmp: tmp.write_text(json.dumps(content)))
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    _replace_atomically(path, lambda tmp: np.save(tmp, array))
 
 
 def _row_key(row: dict) -> tuple:

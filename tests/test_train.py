@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from neuroseg_lite._checks import NeurosegInputError
-from neuroseg_lite.train import (DEFAULT_INTENSITY_NORMALIZATION, PRESETS_3D, PatchSampler, TrainConfig,
-                                 _WeightAverage, augment_patch, learning_rate, load_checkpoint, make_train_config,
-                                 save_checkpoint, train_3d)
+from neuroseg_lite.patches import PatchSampler, augment_patch
+from neuroseg_lite.train import (DEFAULT_INTENSITY_NORMALIZATION, PRESETS_3D, TrainConfig, _WeightAverage,
+                                 learning_rate, load_checkpoint, make_train_config, save_checkpoint, train_3d)
 from neuroseg_lite.unet3d import UNet3D, UNet3DConfig
 
 TINY_MODEL = UNet3DConfig(base_channels=4, depth=2)
@@ -273,3 +273,9 @@ def test_weight_average_is_the_mean_of_snapshots():
     for key, value in model.state_dict().items():
         if value.is_floating_point() and key.endswith("weight"):
             torch.testing.assert_close(value, first[key] + 0.5)
+
+
+def test_train_re_exports_the_patch_tools():
+    from neuroseg_lite import patches, train
+
+    assert train.PatchSampler is patches.PatchSampler and train.augment_patch is patches.augment_patch
