@@ -112,10 +112,7 @@ def preset_variant(preset, **changes) -> ExperimentPreset:
 
     Example: ``preset_variant("sweep", prior_correction=True)`` is named ``"sweep+prior_correction"``.
     """
-    base = PRESETS[preset] if isinstance(preset, str) and preset in PRESETS else preset
-    if not isinstance(base, ExperimentPreset):
-        raise NeurosegInputError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)} or pass an "
-                                 "ExperimentPreset.")
+    base = _resolve_preset(preset)
     valid = {f.name for f in dataclasses.fields(ExperimentPreset)} - {"name"}
     unknown = sorted(set(changes) - valid)
     if unknown:
@@ -124,6 +121,16 @@ def preset_variant(preset, **changes) -> ExperimentPreset:
     same_2d = not {"train_2d", "overrides_2d", "shared_2d_name"} & set(changes)
     return dataclasses.replace(base, name=f"{base.name}+{tag}" if tag else base.name,
                                shared_2d_name=base.name_2d if same_2d else None, **changes)
+
+
+def _resolve_preset(preset) -> ExperimentPreset:
+    """``PRESETS[preset]`` for a name, the preset itself for an ExperimentPreset; a clear error otherwise."""
+    if isinstance(preset, ExperimentPreset):
+        return preset
+    if isinstance(preset, str) and preset in PRESETS:
+        return PRESETS[preset]
+    raise NeurosegInputError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)} or pass an "
+                             "ExperimentPreset.")
 
 
 def _tag(key: str, value) -> str:
@@ -255,16 +262,13 @@ class Pipeline:
     """
 
     def __init__(self, data: Data, *, preset="cpu", workdir=None, device="auto", progress=True):
-        if isinstance(preset, str):
-            if preset not in PRESETS:
-                raise NeurosegInputError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
-            preset = PRESETS[preset]
         self.data = data
-        self.preset = preset
+        self.preset = _resolve_preset(preset)
         self.workdir = Path(workdir) if workdir is not None else default_workdir()
         self.device = select_device(device)
         self.progress = progress
         self.timings: dict[str, float] = {}
+        self._annotations: dict[int, list] = {}  # n_slices -> simulated annotation, reused by every stage
 
     @property
     def min_object_voxels(self) -> int:
@@ -303,9 +307,14 @@ class Pipeline:
 
     # -- stages ----------------------------------------------------------------------------------------------
     def sparse_labels(self, n_slices: int) -> list:
-        """The simulated annotation of each training volume: ``n_slices`` evenly spaced z-planes."""
-        return [sparse.simulate_sparse(labels, n_slices=n_slices, axis=0, mode="even")
-                for labels in self.data.train_labels]
+        """The simulated annotation of each training volume: ``n_slices`` evenly spaced z-planes.
+
+        Computed once per ``n_slices`` and shared by every stage (callers must not modify the arrays).
+        """
+        if n_slices not in self._annotations:
+            self._annotations[n_slices] = [sparse.simulate_sparse(labels, n_slices=n_slices, axis=0, mode="even")
+                                           for labels in self.data.train_labels]
+        return self._annotations[n_slices]
 
     def train_config_2d(self, *, seed: int):
         return dataclasses.replace(pseudolabel.PRESETS_2D[self.preset.train_2d], seed=seed,

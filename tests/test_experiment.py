@@ -103,6 +103,9 @@ def test_prior_corrected_variant_changes_only_the_2d_probabilities(tiny_volumes,
     np.testing.assert_allclose(pseudo, pseudolabel.correct_prior(raw_pseudo, prior=prior), atol=1e-3)
     with pytest.raises(NeurosegInputError, match="unknown ExperimentPreset field"):
         experiment.preset_variant("smoke", prior=True)
+    with pytest.raises(NeurosegInputError, match="unknown preset"):
+        experiment.Pipeline(data, preset=3, workdir=tmp_path)
+    assert pipe.sparse_labels(2) is pipe.sparse_labels(2)  # simulated once, shared by every stage
 
 
 def test_a_variant_reuses_the_2d_models_it_would_train_identically(tiny_volumes, tmp_path):
