@@ -25,7 +25,7 @@ from scipy.optimize import linear_sum_assignment
 from neuroseg_lite._checks import NeurosegInputError, check_same_shape, check_spacing, check_volume
 from neuroseg_lite.io import binarize_labels
 
-__all__ = ["confusion_counts", "segmentation_scores", "object_scores", "surface_scores", "evaluate"]
+__all__ = ["dice", "confusion_counts", "segmentation_scores", "object_scores", "surface_scores", "evaluate"]
 
 # Face-neighbour (6-)connectivity: two somata that touch only at an edge or corner stay two objects.
 _SIX_CONNECTED = ndimage.generate_binary_structure(3, 1)
@@ -111,6 +111,29 @@ def _scores_from_counts(counts: dict) -> dict:
         "recall": _ratio(tp, tp + fn),
         **counts,
     }
+
+
+def dice(prediction, truth, *, threshold: float = 0.5, mask=None) -> float:
+    """Voxel Dice, 2TP / (2TP + FP + FN): the one Dice of the package (training curves use it too).
+
+    Parameters
+    ----------
+    prediction, truth, threshold, mask
+        As in :func:`confusion_counts`.
+
+    Returns
+    -------
+    float
+        1.0 when both prediction and truth are empty.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> truth = np.zeros((1, 2, 2), bool); truth[0, 0] = True
+    >>> dice(np.full((1, 2, 2), 0.9), truth)
+    0.6666666666666666
+    """
+    return segmentation_scores(prediction, truth, threshold=threshold, mask=mask)["dice"]
 
 
 def segmentation_scores(prediction, truth, *, threshold: float = 0.5, mask=None) -> dict:
