@@ -1,9 +1,11 @@
-"""Synthetic two-photon stacks of cortex with a dense ground truth of neuronal bodies.
+"""Synthetic two-photon stacks of cortex with a dense ground truth of neuronal bodies: the renderer.
 
 Introduced in chapter 1 (``01_data``). The generator stands in for the paper's annotated human neocortex
 volumes, which are not public: every knob of :class:`SynthConfig` is a physical quantity (micrometres,
 cells per mm^3, photons) taken from the literature or stated as an assumption, and nothing is tuned to
-favour a segmentation method.
+favour a segmentation method. The configuration and its presets live in :mod:`neuroseg_lite.synthconfig`
+(re-exported here: ``synth.SynthConfig``, ``synth.PRESETS``, ``synth.make_config``); where the objects go is
+decided in ``neuroseg_lite._synthplace``.
 
 Image model, in order:
 
@@ -22,220 +24,25 @@ vessels and lipofuscin outside somata are not neuronal bodies.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from neuroseg_lite._checks import NeurosegInputError, check_spacing
+from neuroseg_lite._checks import NeurosegInputError
+from neuroseg_lite._synthplace import (
+    _UM3_PER_MM3,
+    _max_bound_factor,
+    _place_glia,
+    _place_somata,
+    _random_unit,
+    _vessel_paths,
+)
+from neuroseg_lite.synthconfig import PRESETS, SynthConfig, make_config, resolve_config
 
 __all__ = ["SynthConfig", "SynthVolume", "SynthDataset", "PRESETS", "make_config", "make_volume", "make_dataset"]
-
-_UM3_PER_MM3 = 1e9
-
-
-@dataclass(frozen=True)
-class SynthConfig:
-    """Every knob of the synthetic cortex, in physical units. Brightness is relative to a mean cytoplasm of 1.
-
-    Defaults describe Nissl-like stained, cleared adult human neocortex imaged by two-photon microscopy.
-    Ranges ``(low, high)`` are sampled uniformly (soma diameters log-uniformly: small cells are commoner).
-    """
-
-    shape: tuple[int, int, int] = (64, 256, 256)
-    spacing: tuple[float, float, float] = (2.0, 0.9, 0.9)  # our assumption for the paper's TPFM stacks
-    # Neurons. Human neocortex holds roughly 20-40k neurons/mm^3 (mouse ~90k); somata 10-25 um across.
-    neuron_density_per_mm3: float = 30_000.0
-    soma_diameter_um: tuple[float, float] = (10.0, 25.0)  # volume-equivalent diameter, log-uniform
-    soma_aspect_max: float = 1.3  # longest / shortest axis of the rounder (non-pyramidal) somata
-    pyramidal_fraction: float = 0.7  # about 70% of cortical neurons are excitatory pyramidal cells
-    pyramid_taper: float = 0.6  # body narrows towards the apex (teardrop section)
-    pyramid_elongation: float = 1.3  # apex-base axis over the volume-equivalent radius
-    apical_direction: tuple[float, float, float] | None = (0.0, -1.0, 0.0)  # pia at y = 0; None: random
-    apical_jitter_deg: float = 20.0  # apical dendrites run roughly parallel, radially through the cortex
-    dendrite_length_um: tuple[float, float] = (8.0, 25.0)  # visible stub of the Nissl-stained apical dendrite
-    dendrite_radius_um: float = 1.5  # at its base, tapering to half
-    min_gap_um: float = 2.0  # between bounding spheres: somata may nearly touch but never overlap
-    soma_brightness_cv: float = 0.3  # cell-to-cell variation of stain uptake (lognormal)
-    stain_granularity: float = 0.2  # Nissl bodies make the cytoplasm granular (relative s.d. at ~0.6 um)
-    nucleus_fraction: tuple[float, float] = (0.45, 0.6)  # nucleus semi-axes relative to the soma radius
-    nucleus_brightness: float = 0.35  # Nissl dyes bind RNA: the nucleus is pale next to the cytoplasm
-    nucleolus_diameter_um: float = 2.0
-    nucleolus_brightness: float = 0.9  # the RNA-rich nucleolus stains strongly
-    # Glial nuclei: not neurons, not labelled. About 1.5 glia per neuron in human grey matter, 5-8 um nuclei,
-    # faint with a Nissl stain; some sit against a neuron as perineuronal satellite oligodendrocytes.
-    glia_density_per_mm3: float = 45_000.0
-    glia_diameter_um: tuple[float, float] = (5.0, 8.0)
-    glia_brightness: float = 0.35
-    glia_satellite_fraction: float = 0.2
-    # Lipofuscin: bright, broadband autofluorescent granules (0.5-2 um) that accumulate with age, in
-    # clusters inside many adult human neurons and scattered in glia and perivascular cells outside.
-    lipofuscin_cell_fraction: float = 0.5
-    lipofuscin_granules_per_cell: tuple[int, int] = (2, 8)
-    lipofuscin_density_per_mm3: float = 60_000.0  # outside somata
-    lipofuscin_sigma_um: tuple[float, float] = (0.3, 0.7)  # Gaussian radius of one granule
-    lipofuscin_brightness: float = 3.0  # peak, before blur
-    # Capillaries: a few hundred mm of capillary per mm^3 of human cortex (mouse ~900), 4-8 um wide.
-    # A cytoplasmic stain leaves the lumen dark; the basal lamina gives a faint autofluorescent wall.
-    # Red blood cells (left in unperfused post-mortem tissue) are not modelled.
-    vessel_length_density_mm_per_mm3: float = 300.0
-    vessel_diameter_um: tuple[float, float] = (4.0, 8.0)
-    vessel_wall_um: float = 1.0
-    vessel_persistence_um: float = 40.0  # how far a capillary runs before turning (random-walk persistence)
-    vessel_lumen_level: float = 0.1  # times the local background
-    vessel_wall_level: float = 1.5  # times the local background
-    # Neuropil: unresolved dendrites and axons plus tissue autofluorescence, smooth at ~30 um.
-    background_level: float = 0.25
-    background_variation: float = 0.25  # relative s.d. of the slow component
-    background_scale_um: float = 30.0
-    neuropil_texture: float = 0.15  # relative s.d. of the fine (~0.6 um) component
-    # Optics and detector. Signal decay with depth in cleared tissue (excitation + emission, effective);
-    # two-photon PSF: lateral FWHM 0.8 um, axial FWHM 4 um (FWHM = 2.355 sigma) for a moderate-NA objective
-    # deep in tissue; resonant scanning collects only tens of photons per voxel; PMT + digitiser noise.
-    attenuation_length_um: float | None = 250.0  # None: no attenuation
-    psf_sigma_um: tuple[float, float, float] = (1.70, 0.34, 0.34)
-    photons_per_unit: float = 20.0  # expected photons for brightness 1 (a mean cytoplasm) at the top plane
-    gain_adu_per_photon: float = 20.0
-    read_noise_adu: float = 10.0  # Gaussian, s.d. (0.5 photon here)
-    offset_adu: float = 100.0  # detector baseline, keeps noise from clipping at 0
-    noise: bool = True  # False: the noise-free expected image (for teaching and tests)
-
-    def __post_init__(self):
-        _validate(self)
-
-
-# scalar fields -> smallest allowed value
-_SCALARS = {
-    "neuron_density_per_mm3": 0.0, "soma_aspect_max": 1.0, "pyramid_elongation": 1.0, "apical_jitter_deg": 0.0,
-    "dendrite_radius_um": 0.0, "min_gap_um": 0.0, "soma_brightness_cv": 0.0, "stain_granularity": 0.0,
-    "nucleus_brightness": 0.0, "nucleolus_diameter_um": 0.0, "nucleolus_brightness": 0.0,
-    "glia_density_per_mm3": 0.0, "glia_brightness": 0.0, "lipofuscin_density_per_mm3": 0.0,
-    "lipofuscin_brightness": 0.0, "vessel_length_density_mm_per_mm3": 0.0, "vessel_wall_um": 0.0,
-    "vessel_lumen_level": 0.0, "vessel_wall_level": 0.0, "background_level": 0.0, "background_variation": 0.0,
-    "neuropil_texture": 0.0, "read_noise_adu": 0.0, "offset_adu": 0.0,
-}
-_POSITIVE = ("vessel_persistence_um", "background_scale_um", "photons_per_unit", "gain_adu_per_photon")
-_FRACTIONS = ("pyramidal_fraction", "glia_satellite_fraction", "lipofuscin_cell_fraction")
-_RANGES = {  # (low, high) fields -> whether low must be > 0 (else >= 0)
-    "soma_diameter_um": True, "dendrite_length_um": False, "nucleus_fraction": True, "glia_diameter_um": True,
-    "lipofuscin_granules_per_cell": False, "lipofuscin_sigma_um": True, "vessel_diameter_um": True,
-}
-
-
-def _bad(name, value, need):
-    return NeurosegInputError(f"SynthConfig.{name} = {value!r} is invalid: {need}.")
-
-
-def _validate(cfg: SynthConfig) -> None:
-    setter = object.__setattr__  # frozen dataclass: normalise lists to tuples once, here
-    try:
-        shape = tuple(cfg.shape)
-    except TypeError:
-        raise _bad("shape", cfg.shape, "give three positive integers (Z, Y, X)") from None
-    if len(shape) != 3 or not all(isinstance(n, numbers.Integral) and n >= 1 for n in shape):
-        raise _bad("shape", cfg.shape, "give three positive integers (Z, Y, X), e.g. (64, 256, 256)")
-    setter(cfg, "shape", tuple(int(n) for n in shape))
-    if not isinstance(cfg.noise, (bool, np.bool_)):
-        raise _bad("noise", cfg.noise, "use True (Poisson-Gaussian noise) or False (the expected image)")
-    setter(cfg, "spacing", check_spacing(cfg.spacing))
-    for name, low in _SCALARS.items():
-        value = getattr(cfg, name)
-        if not (isinstance(value, numbers.Real) and math.isfinite(value) and value >= low):
-            raise _bad(name, value, f"it must be a finite number >= {low}")
-    for name in _POSITIVE:
-        value = getattr(cfg, name)
-        if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
-            raise _bad(name, value, "it must be a finite number > 0")
-    for name in _FRACTIONS:
-        value = getattr(cfg, name)
-        if not (isinstance(value, numbers.Real) and 0.0 <= value <= 1.0):
-            raise _bad(name, value, "it is a fraction between 0 and 1")
-    if not 0.0 <= cfg.pyramid_taper < 1.0:
-        raise _bad("pyramid_taper", cfg.pyramid_taper, "use 0 (no taper) up to just below 1 (pointed apex)")
-    for name, strict in _RANGES.items():
-        value = getattr(cfg, name)
-        try:
-            low, high = (float(v) for v in value)
-        except (TypeError, ValueError):
-            raise _bad(name, value, "give a (low, high) pair of numbers") from None
-        if not (math.isfinite(low) and math.isfinite(high) and (low > 0 if strict else low >= 0) and low <= high):
-            sign = "> 0" if strict else ">= 0"
-            raise _bad(name, value, f"give (low, high) with {sign} low <= high")
-        if name == "lipofuscin_granules_per_cell":
-            if low != int(low) or high != int(high):
-                raise _bad(name, value, "give whole numbers of granules, e.g. (2, 8)")
-            low, high = int(low), int(high)
-        setter(cfg, name, (low, high))
-    if cfg.nucleus_fraction[1] >= 1.0:
-        raise _bad("nucleus_fraction", cfg.nucleus_fraction, "the nucleus must be smaller than its soma (< 1)")
-    try:
-        psf = tuple(float(s) for s in cfg.psf_sigma_um)
-    except (TypeError, ValueError):
-        raise _bad("psf_sigma_um", cfg.psf_sigma_um, "give three sigmas (z, y, x) in micrometres") from None
-    if len(psf) != 3 or not all(math.isfinite(s) and s >= 0 for s in psf):
-        raise _bad("psf_sigma_um", cfg.psf_sigma_um, "give three non-negative sigmas (z, y, x) in micrometres")
-    setter(cfg, "psf_sigma_um", psf)
-    if cfg.attenuation_length_um is not None and not cfg.attenuation_length_um > 0:
-        raise _bad("attenuation_length_um", cfg.attenuation_length_um, "give a length > 0 um, or None for none")
-    if cfg.apical_direction is not None:
-        direction = np.asarray(cfg.apical_direction, dtype=float)
-        if direction.shape != (3,) or not np.all(np.isfinite(direction)) or np.linalg.norm(direction) == 0:
-            raise _bad("apical_direction", cfg.apical_direction, "give a non-zero (z, y, x) vector, or None")
-        setter(cfg, "apical_direction", tuple(float(d) for d in direction))
-
-
-_DISTRACTORS_OFF = dict(glia_density_per_mm3=0.0, lipofuscin_cell_fraction=0.0, lipofuscin_density_per_mm3=0.0,
-                        vessel_length_density_mm_per_mm3=0.0, dendrite_length_um=(0.0, 0.0))
-PRESETS: dict[str, SynthConfig] = {
-    "tutorial": SynthConfig(),
-    "small": SynthConfig(shape=(32, 128, 128)),
-    # Mouse-like density and sizes so that a 32 x 58 x 58 um crop still holds several whole somata.
-    "tiny": SynthConfig(shape=(16, 64, 64), neuron_density_per_mm3=90_000.0, soma_diameter_um=(8.0, 16.0)),
-    # Shallow, bright, high-NA imaging of clean tissue: a sanity-check level, not a realistic one.
-    "easy": SynthConfig(psf_sigma_um=(1.0, 0.3, 0.3), photons_per_unit=80.0, read_noise_adu=5.0,
-                        neuropil_texture=0.05, background_variation=0.1, **_DISTRACTORS_OFF),
-    # Deep imaging through aberrating tissue of an aged brain: wider PSF, fewer photons, more distractors.
-    "hard": SynthConfig(psf_sigma_um=(2.5, 0.45, 0.45), photons_per_unit=6.0, read_noise_adu=15.0,
-                        attenuation_length_um=150.0, soma_brightness_cv=0.45, glia_density_per_mm3=60_000.0,
-                        glia_brightness=0.5, glia_satellite_fraction=0.3, lipofuscin_cell_fraction=0.8,
-                        lipofuscin_density_per_mm3=150_000.0, vessel_length_density_mm_per_mm3=450.0,
-                        background_variation=0.4),
-    # Adult mouse cortex: denser, smaller neurons, little lipofuscin, denser capillaries.
-    "mouse": SynthConfig(neuron_density_per_mm3=90_000.0, soma_diameter_um=(9.0, 16.0), glia_density_per_mm3=60_000.0,
-                         lipofuscin_cell_fraction=0.05, lipofuscin_density_per_mm3=5_000.0,
-                         vessel_length_density_mm_per_mm3=900.0),
-}
-
-
-def make_config(preset: str = "tutorial", **overrides) -> SynthConfig:
-    """Return the config of a preset with some fields replaced.
-
-    Parameters
-    ----------
-    preset : str
-        One of ``PRESETS`` ("tutorial", "small", "tiny", "easy", "hard", "mouse").
-    **overrides
-        Any :class:`SynthConfig` field, e.g. ``psf_sigma_um=(1.0, 0.34, 0.34)``.
-
-    Returns
-    -------
-    SynthConfig
-    """
-    if not isinstance(preset, str) or preset not in PRESETS:
-        raise NeurosegInputError(f"unknown synth preset {preset!r}; choose one of {sorted(PRESETS)}.")
-    return _apply_overrides(PRESETS[preset], overrides)
-
-
-def _apply_overrides(config: SynthConfig, overrides: dict) -> SynthConfig:
-    names = [f.name for f in dataclasses.fields(SynthConfig)]
-    unknown = sorted(set(overrides) - set(names))
-    if unknown:
-        raise NeurosegInputError(f"unknown SynthConfig field(s) {unknown}; valid names are: {', '.join(names)}.")
-    return dataclasses.replace(config, **overrides) if overrides else config
 
 
 @dataclass(repr=False)
@@ -306,35 +113,7 @@ class SynthDataset:
                 f"spacing={self.spacing} um, seeds={self.seeds})")
 
 
-# ----------------------------------------------------------------------------------------------- geometry
-def _random_unit(rng) -> np.ndarray:
-    v = rng.standard_normal(3)
-    return v / np.linalg.norm(v)
-
-
-def _frame_from_axis(axis, rng) -> np.ndarray:
-    """Rotation matrix whose first column is ``axis`` (body axes as columns, world order z, y, x)."""
-    helper = _random_unit(rng)
-    second = helper - axis * (helper @ axis)
-    if np.linalg.norm(second) < 1e-6:
-        second = np.roll(axis, 1) - axis * (np.roll(axis, 1) @ axis)
-    second /= np.linalg.norm(second)
-    return np.stack([axis, second, np.cross(axis, second)], axis=1)
-
-
-def _taper_volume_factor(taper: float) -> float:
-    """Volume of the tapered body relative to the ellipsoid with the same semi-axes."""
-    t = np.linspace(-1.0, 1.0, 2001)
-    profile = (1.0 - taper * (t + 1.0) / 2.0) ** 2 * (1.0 - t * t)
-    return float(np.sum(profile) * (t[1] - t[0]) / (4.0 / 3.0))
-
-
-def _max_bound_factor(cfg: SynthConfig) -> float:
-    """Largest semi-axis any soma can have, in units of its volume-equivalent radius."""
-    lateral = math.sqrt(cfg.soma_aspect_max / cfg.pyramid_elongation / _taper_volume_factor(cfg.pyramid_taper))
-    return max(cfg.soma_aspect_max, cfg.pyramid_elongation, lateral)
-
-
+# ---------------------------------------------------------------------------------------------- rendering
 def _partial_volume(signed_distance, grad, spacing) -> np.ndarray:
     """Fraction of each voxel inside a surface, linear in the signed distance across the voxel's width.
 
@@ -432,125 +211,6 @@ class _Canvas:
         self.signal[slices] += (peak * g[0] * g[1] * g[2]).astype(np.float32)
 
 
-# ---------------------------------------------------------------------------------------------- placement
-def _vessel_paths(rng, cfg, lo, hi):
-    """Persistent random walks (2 um steps) crossing the box until the capillary length density is reached.
-
-    Each walk enters through a face (chosen by area) heading inwards with a cosine-weighted direction,
-    which for straight lines gives the same length density everywhere in the box; walks started inside
-    would crowd the centre.
-    """
-    size = hi - lo
-    target_um = cfg.vessel_length_density_mm_per_mm3 * np.prod(size) / _UM3_PER_MM3 * 1000.0
-    step, turn = 2.0, math.sqrt(2.0 * 2.0 / cfg.vessel_persistence_um)
-    face_area = np.array([size[1] * size[2], size[0] * size[2], size[0] * size[1]])
-    paths, total = [], 0.0
-    while total < target_um and len(paths) < 500:
-        axis = rng.choice(3, p=face_area / face_area.sum())
-        inward = np.zeros(3)
-        inward[axis] = 1.0 if rng.random() < 0.5 else -1.0
-        point = rng.uniform(lo, hi)
-        point[axis] = lo[axis] if inward[axis] > 0 else hi[axis]
-        direction = inward + _random_unit(rng)  # normal + uniform unit vector: cosine-weighted around normal
-        direction /= np.linalg.norm(direction)
-        points = [point]
-        for _ in range(2000):
-            direction = direction + rng.normal(0.0, turn, 3)
-            direction /= np.linalg.norm(direction)
-            point = point + step * direction
-            points.append(point)
-            if np.any(point < lo) or np.any(point > hi):
-                break
-        paths.append((np.array(points), rng.uniform(*cfg.vessel_diameter_um) / 2.0))
-        total += step * (len(points) - 1)
-    return paths
-
-
-def _periodic_distance(centers, point, size):
-    """Distances on the torus of the sampling box, so that its walls do not crowd cells against them."""
-    delta = centers - point
-    delta -= size * np.round(delta / size)
-    return np.sqrt(np.einsum("ij,ij->i", delta, delta))
-
-
-def _place_somata(rng, cfg, lo, hi, vessel_tree, vessel_reach):
-    """Random sequential addition: each soma is redrawn up to 50 places before it is given up.
-
-    Somata are drawn in a box larger than the volume by the largest soma radius, so that cut cells at the
-    borders are as frequent as real ones; distances wrap around that box (no crowding at its walls).
-    """
-    n_target = rng.poisson(cfg.neuron_density_per_mm3 * np.prod(hi - lo) / _UM3_PER_MM3)
-    log_d = np.log(cfg.soma_diameter_um)
-    taper_gain = 1.0 / math.sqrt(_taper_volume_factor(cfg.pyramid_taper))
-    apical = None if cfg.apical_direction is None else np.asarray(cfg.apical_direction) / np.linalg.norm(
-        cfg.apical_direction)
-    cells = []
-    centers = np.empty((n_target, 3))
-    reach = np.empty(n_target)
-    for _ in range(n_target):
-        radius = math.exp(rng.uniform(*log_d)) / 2.0
-        pyramidal = rng.random() < cfg.pyramidal_fraction
-        aspect = np.exp(rng.uniform(-0.5, 0.5, 2) * math.log(cfg.soma_aspect_max))
-        if pyramidal:
-            axis = _random_unit(rng) if apical is None else apical + math.radians(
-                cfg.apical_jitter_deg) * rng.standard_normal(3)
-            rotation = _frame_from_axis(axis / np.linalg.norm(axis), rng)
-            elong = cfg.pyramid_elongation
-            lateral = radius * taper_gain / math.sqrt(elong)
-            semi_axes = np.array([radius * elong, lateral * aspect[0], lateral / aspect[0]])
-            taper = cfg.pyramid_taper
-        else:
-            rotation = _frame_from_axis(_random_unit(rng), rng)
-            semi_axes = radius * np.array([aspect[0], aspect[1], 1.0 / (aspect[0] * aspect[1])])
-            taper = 0.0
-        bound = float(semi_axes.max())
-        for _ in range(50):
-            center = rng.uniform(lo, hi)
-            if vessel_tree is not None and vessel_tree.query(center)[0] < bound + vessel_reach + cfg.min_gap_um:
-                continue
-            n = len(cells)
-            if n and np.any(_periodic_distance(centers[:n], center, hi - lo) < reach[:n] + bound + cfg.min_gap_um):
-                continue
-            centers[n], reach[n] = center, bound
-            cells.append(dict(center=center, rotation=rotation, semi_axes=semi_axes, taper=taper, bound=bound,
-                              diameter=2.0 * radius, kind="pyramidal" if pyramidal else "ellipsoid"))
-            break
-    return cells, centers[:len(cells)], reach[:len(cells)]
-
-
-def _place_glia(rng, cfg, lo, hi, soma_centers, soma_reach, vessel_tree, vessel_reach):
-    """Glial nuclei between somata and vessels; a fraction sits against a soma as satellite cells do."""
-    n_target = rng.poisson(cfg.glia_density_per_mm3 * np.prod(hi - lo) / _UM3_PER_MM3)
-    glia, centers, reach = [], np.empty((n_target, 3)), np.empty(n_target)
-    for _ in range(n_target):
-        aspect = np.exp(rng.uniform(-0.5, 0.5, 2) * math.log(1.4))
-        semi_axes = rng.uniform(*cfg.glia_diameter_um) / 2.0 * np.array(
-            [aspect[0], aspect[1], 1.0 / (aspect[0] * aspect[1])])
-        bound = float(semi_axes.max())
-        satellite = len(soma_centers) > 0 and rng.random() < cfg.glia_satellite_fraction
-        gap = 0.5 if satellite else cfg.min_gap_um  # satellite oligodendrocytes rest against the soma
-        for _ in range(50):
-            if satellite:
-                host = rng.integers(len(soma_centers))
-                center = soma_centers[host] + _random_unit(rng) * (soma_reach[host] + bound + gap + 0.1)
-            else:
-                center = rng.uniform(lo, hi)
-            if len(soma_centers) and np.any(
-                    _periodic_distance(soma_centers, center, hi - lo) < soma_reach + bound + gap):
-                continue
-            if vessel_tree is not None and vessel_tree.query(center)[0] < bound + vessel_reach:
-                continue
-            n = len(glia)
-            if n and np.any(_periodic_distance(centers[:n], center, hi - lo) < reach[:n] + bound + 1.0):
-                continue
-            centers[n], reach[n] = center, bound
-            glia.append(dict(center=center, rotation=_frame_from_axis(_random_unit(rng), rng), semi_axes=semi_axes,
-                             brightness=cfg.glia_brightness * rng.lognormal(0.0, 0.3)))
-            break
-    return glia
-
-
-# ---------------------------------------------------------------------------------------------- rendering
 def _smooth_field(rng, shape, spacing, scale_um):
     """Unit-variance random field varying over about ``scale_um``: coarse noise, linearly interpolated."""
     cell = scale_um / 2.0
@@ -630,15 +290,6 @@ def _render_vessels(paths, cfg, shape, spacing):
     return factor, mask
 
 
-def _resolve_config(preset: str, config, overrides: dict) -> SynthConfig:
-    """The configuration a generator call asks for: ``config`` with ``overrides``, else the named preset's."""
-    if config is None:
-        return make_config(preset, **overrides)
-    if isinstance(config, SynthConfig):
-        return _apply_overrides(config, overrides)
-    raise NeurosegInputError(f"config must be a SynthConfig (see make_config), got {type(config).__name__}.")
-
-
 def make_volume(*, seed=0, preset: str = "tutorial", config: SynthConfig | None = None, **overrides) -> SynthVolume:
     """Generate one synthetic two-photon stack of cortex with its dense soma ground truth.
 
@@ -657,7 +308,7 @@ def make_volume(*, seed=0, preset: str = "tutorial", config: SynthConfig | None 
     SynthVolume
         ``image`` uint16 of shape (Z, Y, X), ``labels`` bool of shape (Z, Y, X), spacing and extras.
     """
-    cfg = _resolve_config(preset, config, overrides)
+    cfg = resolve_config(preset, config, overrides)
     if not isinstance(seed, np.random.SeedSequence) and not (isinstance(seed, (int, np.integer)) and seed >= 0):
         raise NeurosegInputError(f"seed must be a non-negative integer, got {seed!r}.")
     rng = np.random.default_rng(seed)
@@ -776,7 +427,7 @@ def make_dataset(*, n_train: int = 3, seed: int = 0, preset: str = "tutorial", c
         raise NeurosegInputError(f"n_train must be a positive integer (the paper used 3), got {n_train!r}.")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise NeurosegInputError(f"seed must be a non-negative integer, got {seed!r}.")
-    cfg = _resolve_config(preset, config, overrides)
+    cfg = resolve_config(preset, config, overrides)
     seeds = [int(child.generate_state(1)[0]) for child in np.random.SeedSequence(int(seed)).spawn(n_train + 1)]
     volumes = [make_volume(seed=s, config=cfg) for s in seeds]
     return SynthDataset(
