@@ -54,7 +54,15 @@ ENV_VAR = "NEUROSEG_DATA_DIR"
 
 
 def data_dir() -> Path:
-    """The cache folder: ``$NEUROSEG_DATA_DIR`` if set, else ``pooch.os_cache("neuroseg-lite")``."""
+    """The cache folder: ``$NEUROSEG_DATA_DIR`` if set, else ``pooch.os_cache("neuroseg-lite")``.
+
+    Examples
+    --------
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, {"NEUROSEG_DATA_DIR": "/data/qcanet"}):
+    ...     print(data_dir())
+    /data/qcanet
+    """
     custom = os.environ.get(ENV_VAR, "").strip()
     return Path(custom).expanduser() if custom else Path(pooch.os_cache("neuroseg-lite"))
 
@@ -108,6 +116,17 @@ def fetch_qcanet(name: str = "8_cell_stage", *, download: bool = True) -> tuple[
     -----
     A cached file is hash-checked here, before pooch sees it: pooch would otherwise try to download a
     replacement, which fails offline with a message that does not name the bad file.
+
+    Examples
+    --------
+    Offline, in an empty cache folder (nothing is downloaded):
+
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, {"NEUROSEG_DATA_DIR": "empty-cache"}):
+    ...     fetch_qcanet("8_cell_stage", download=False)
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: 'empty-cache/raw/8_cell_stage.tif' is not in the cache and download=False. ...
     """
     if name not in QCANET_NAMES:
         raise NeurosegInputError(f"unknown QCANet stack {name!r}; choose one of {QCANET_NAMES}.")

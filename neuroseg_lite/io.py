@@ -67,6 +67,16 @@ def read_stack(path, *, lazy: bool = False):
         The file does not exist (the message names it).
     NeurosegInputError
         The file is not a readable TIFF, or it is not a single-channel 3D stack.
+
+    Examples
+    --------
+    >>> path = write_stack("stack.tif", np.zeros((4, 8, 8), np.uint16), spacing=(2.0, 0.9, 0.9))
+    >>> image, spacing = read_stack(path)
+    >>> image.shape, image.dtype, spacing
+    ((4, 8, 8), dtype('uint16'), (2.0, 0.9, 0.9))
+    >>> lazy, _ = read_stack(path, lazy=True)  # an uncompressed file is memory-mapped
+    >>> type(lazy).__name__
+    'memmap'
     """
     path = Path(path)
     with open_tiff(path) as tif:
@@ -170,6 +180,16 @@ def write_stack(path, image, *, spacing, overwrite: bool = False, compression=No
         ``path`` exists and ``overwrite`` is False (nothing is written).
     NeurosegInputError
         Not a 3D numeric array, bad spacing, wrong file extension, or values no ImageJ dtype can hold.
+
+    Examples
+    --------
+    >>> mask = np.zeros((2, 4, 4), bool)
+    >>> write_stack("mask.tif", mask, spacing=(1.0, 0.5, 0.5)).name  # written as uint8 0/255
+    'mask.tif'
+    >>> write_stack("mask.tif", mask, spacing=(1.0, 0.5, 0.5))
+    Traceback (most recent call last):
+    ...
+    FileExistsError: 'mask.tif' already exists and was left untouched. Pass overwrite=True to replace it, ...
     """
     path = Path(path)
     array = check_volume(image, name="image")
@@ -223,6 +243,15 @@ def binarize_labels(labels, *, name: str = "labels") -> np.ndarray:
     ------
     NeurosegInputError
         Negative values or fractional floats (e.g. probabilities): neither binary nor instance labels.
+
+    Examples
+    --------
+    >>> binarize_labels(np.array([[[0, 1, 255, 7]]])).tolist()  # binary, 0/255 or instance ids
+    [[[False, True, True, True]]]
+    >>> binarize_labels(np.array([[[0.0, 0.7]]]))
+    Traceback (most recent call last):
+    ...
+    neuroseg_lite._checks.NeurosegInputError: labels contain fractional values, so they are neither binary ...
     """
     labels = check_volume(labels, name=name)
     if labels.dtype == bool:
@@ -268,6 +297,13 @@ def normalize_percentile(image, *, low: float = 1.0, high: float = 99.8, clip: b
     ------
     NeurosegInputError
         Not 3D, NaN/Inf, constant image, bad percentiles, or both percentiles falling on the same value.
+
+    Examples
+    --------
+    >>> image = np.arange(100, dtype=np.uint16).reshape(1, 10, 10)
+    >>> out = normalize_percentile(image, low=0.0, high=100.0)
+    >>> out.dtype, float(out.min()), float(out.max())
+    (dtype('float32'), 0.0, 1.0)
     """
     image = check_volume(image, name="image")
     check_image_values(image, name="image")
@@ -303,6 +339,16 @@ def load_pair(image_path, label_path, *, spacing=None):
     labels : ndarray of bool, shape (Z, Y, X)
     spacing : tuple of 3 float
         Micrometres: the argument, else the image file's, else the label file's.
+
+    Examples
+    --------
+    >>> labels = np.zeros((4, 8, 8), np.uint8)
+    >>> labels[1:3, 2:5, 2:5] = 255
+    >>> _ = write_stack("raw.tif", np.ones((4, 8, 8), np.uint16), spacing=(2.0, 0.9, 0.9))
+    >>> _ = write_stack("labels.tif", labels, spacing=(2.0, 0.9, 0.9))
+    >>> image, mask, spacing = load_pair("raw.tif", "labels.tif")
+    >>> mask.dtype, int(mask.sum()), spacing
+    (dtype('bool'), 18, (2.0, 0.9, 0.9))
     """
     image, image_spacing = read_stack(image_path)
     raw_labels, label_spacing = read_stack(label_path)
@@ -337,6 +383,12 @@ def describe_stack(image, spacing=None) -> dict:
     dict
         ``shape``, ``dtype``, ``n_voxels``, ``megabytes``, ``spacing_um``, ``size_um`` (z, y, x extent),
         ``min``, ``p1``, ``p50``, ``p99``, ``max``, ``mean``.
+
+    Examples
+    --------
+    >>> info = describe_stack(np.arange(100, dtype=np.uint16).reshape(1, 10, 10), spacing=(2.0, 0.5, 0.5))
+    >>> info["shape"], info["size_um"], info["p50"]
+    ((1, 10, 10), (2.0, 5.0, 5.0), 49.5)
     """
     image = check_volume(image, name="image")
     spacing = None if spacing is None else check_spacing(spacing)

@@ -76,6 +76,15 @@ def even_planes(n_planes: int, n_slices: int) -> tuple[int, ...]:
     -------
     tuple of int
         Increasing plane indices.
+
+    Examples
+    --------
+    >>> even_planes(48, 1)  # one plane: the middle one
+    (24,)
+    >>> even_planes(10, 3)
+    (1, 5, 8)
+    >>> even_planes(4, 4)  # every plane: dense labels
+    (0, 1, 2, 3)
     """
     _check_n_slices(n_slices, n_planes, axis=None)
     # Integer arithmetic: (2i + 1) * n / (2k) is the bin centre; floor keeps it exact for any n, k.
@@ -121,6 +130,16 @@ def simulate_sparse(labels, *, n_slices: int, axis: int = 0, mode: str = "even",
     ------
     NeurosegInputError
         If ``labels`` is not a 3D binary/instance volume, or ``n_slices``, ``axis`` or ``mode`` is invalid.
+
+    Examples
+    --------
+    >>> labels = np.zeros((8, 4, 4), bool)
+    >>> labels[2:6, 1:3, 1:3] = True  # one 4 x 2 x 2 object
+    >>> annotation = simulate_sparse(labels, n_slices=2)
+    >>> annotation.planes, annotation.fraction
+    ((2, 6), 0.25)
+    >>> int(annotation.annotated.sum()), int(annotation.labels.sum())  # 2 planes of 4 x 4; object on plane 2
+    (32, 4)
     """
     dense = binarize_labels(labels)
     axis = _normalise_axis(axis)
@@ -165,6 +184,14 @@ def from_planes(labels, *, planes, axis: int = 0) -> SparseLabels:
     Returns
     -------
     SparseLabels
+
+    Examples
+    --------
+    >>> labels = np.zeros((8, 4, 4), np.uint8)
+    >>> labels[3, 1:3, 1:3] = 255  # painted in Fiji: 0/255
+    >>> annotation = from_planes(labels, planes=[5, 3])
+    >>> annotation.planes, annotation.n_slices, int(annotation.labels.sum())
+    ((3, 5), 2, 4)
     """
     dense = binarize_labels(labels)
     axis = _normalise_axis(axis)
@@ -203,6 +230,12 @@ def distance_to_annotated(annotated, *, axis: int = 0) -> np.ndarray:
     ------
     NeurosegInputError
         If ``annotated`` is not 3D or contains no annotated voxel.
+
+    Examples
+    --------
+    >>> annotation = simulate_sparse(np.zeros((8, 4, 4), bool), n_slices=2)
+    >>> distance_to_annotated(annotation.annotated)[:, 0, 0].tolist()
+    [2, 1, 0, 1, 2, 1, 0, 1]
     """
     mask = check_volume(annotated, name="annotated")
     axis = _normalise_axis(axis)

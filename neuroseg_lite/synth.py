@@ -5,7 +5,7 @@ volumes, which are not public: every knob of :class:`SynthConfig` is a physical 
 cells per mm^3, photons) taken from the literature or stated as an assumption, and nothing is tuned to
 favour a segmentation method. The configuration and its presets live in :mod:`neuroseg_lite.synthconfig`
 (re-exported here: ``synth.SynthConfig``, ``synth.PRESETS``, ``synth.make_config``); where the objects go is
-decided in ``neuroseg_lite._synthplace``.
+decided, and which voxels each covers, in ``neuroseg_lite._synthgeometry``.
 
 Image model, in order:
 
@@ -32,12 +32,16 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from neuroseg_lite._checks import NeurosegInputError
-from neuroseg_lite._synthplace import (
+from neuroseg_lite._synthgeometry import (
     _UM3_PER_MM3,
+    _body,
+    _box,
     _max_bound_factor,
+    _partial_volume,
     _place_glia,
     _place_somata,
     _random_unit,
+    _segment_distance,
     _vessel_paths,
 )
 from neuroseg_lite.synthconfig import PRESETS, SynthConfig, make_config, resolve_config
@@ -114,69 +118,6 @@ class SynthDataset:
 
 
 # ---------------------------------------------------------------------------------------------- rendering
-def _partial_volume(signed_distance, grad, spacing) -> np.ndarray:
-    """Fraction of each voxel inside a surface, linear in the signed distance across the voxel's width.
-
-    The width of a voxel box measured along the surface normal is sum_i |n_i| h_i, so the ramp spans
-    exactly one voxel whichever way the surface faces (2 um across z, 0.9 um across x).
-    """
-    gz, gy, gx = grad
-    norm = np.sqrt(gz * gz + gy * gy + gx * gx) + 1e-12
-    width = (np.abs(gz) * spacing[0] + np.abs(gy) * spacing[1] + np.abs(gx) * spacing[2]) / norm
-    return np.clip(0.5 - signed_distance / width, 0.0, 1.0).astype(np.float32)
-
-
-def _body(offsets, rotation, semi_axes, taper, spacing):
-    """Occupancy and inside-mask of a (tapered) ellipsoid evaluated on box offsets from its centre (um).
-
-    The body is t^2 + lateral^2 / s(t)^2 <= 1 with t the coordinate along the first body axis in units
-    of that semi-axis and s(t) shrinking linearly from 1 at the base (t = -1) to 1 - taper at the apex.
-    """
-    dz, dy, dx = offsets
-    q = [rotation[0, k] * dz + rotation[1, k] * dy + rotation[2, k] * dx for k in range(3)]
-    a0, a1, a2 = semi_axes
-    t = q[0] / a0
-    lateral = (q[1] / a1) ** 2 + (q[2] / a2) ** 2
-    if taper > 0:
-        s = np.clip(1.0 - taper * (t + 1.0) / 2.0, 1.0 - taper, 1.0)
-        g0 = 2.0 * t / a0 + lateral * taper / (a0 * s ** 3)
-    else:
-        s = 1.0
-        g0 = 2.0 * t / a0
-    f = t * t + lateral / (s * s)
-    g1 = 2.0 * q[1] / (a1 * a1 * s * s)
-    g2 = 2.0 * q[2] / (a2 * a2 * s * s)
-    grad = [rotation[i, 0] * g0 + rotation[i, 1] * g1 + rotation[i, 2] * g2 for i in range(3)]
-    rho = np.sqrt(f)
-    norm = np.sqrt(grad[0] ** 2 + grad[1] ** 2 + grad[2] ** 2) + 1e-12
-    signed_distance = 2.0 * rho * (rho - 1.0) / norm  # first-order distance: (rho - 1) / |grad rho|
-    return _partial_volume(signed_distance, grad, spacing), f <= 1.0
-
-
-def _segment_distance(offsets, start, direction, length):
-    """Distance from box points to a segment, the position t in [0, 1] along it, and the normal vector."""
-    d = [offsets[i] - start[i] for i in range(3)]
-    along = d[0] * direction[0] + d[1] * direction[1] + d[2] * direction[2]
-    t = np.clip(along / length, 0.0, 1.0)
-    diff = [d[i] - t * length * direction[i] for i in range(3)]
-    return np.sqrt(diff[0] ** 2 + diff[1] ** 2 + diff[2] ** 2), t, diff
-
-
-def _box(center_um, radius_um, shape, spacing):
-    """Slices and per-axis offsets (um, broadcastable) of the voxels within ``radius_um`` of a point."""
-    lo = np.maximum(np.floor((center_um - radius_um) / spacing).astype(int), 0)
-    hi = np.minimum(np.ceil((center_um + radius_um) / spacing).astype(int) + 1, shape)
-    if np.any(hi <= lo):
-        return None, None
-    slices = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-    offsets = []
-    for axis in range(3):
-        axis_shape = [1, 1, 1]
-        axis_shape[axis] = hi[axis] - lo[axis]
-        offsets.append((np.arange(lo[axis], hi[axis]) * spacing[axis] - center_um[axis]).reshape(axis_shape))
-    return slices, offsets
-
-
 class _Canvas:
     """Accumulates the noise-free stain density of one volume, object by object, inside bounding boxes."""
 
@@ -307,6 +248,16 @@ def make_volume(*, seed=0, preset: str = "tutorial", config: SynthConfig | None 
     -------
     SynthVolume
         ``image`` uint16 of shape (Z, Y, X), ``labels`` bool of shape (Z, Y, X), spacing and extras.
+
+    Examples
+    --------
+    >>> volume = make_volume(seed=0, preset="tiny")
+    >>> volume.image.shape, volume.image.dtype, volume.labels.dtype, volume.spacing
+    ((16, 64, 64), dtype('uint16'), dtype('bool'), (2.0, 0.9, 0.9))
+    >>> volume  # doctest: +ELLIPSIS
+    SynthVolume(shape=(16, 64, 64), spacing=(2.0, 0.9, 0.9) um, n_somata=..., foreground_fraction=..., seed=0)
+    >>> bool((make_volume(seed=0, preset="tiny").image == volume.image).all())  # same seed, same stack
+    True
     """
     cfg = resolve_config(preset, config, overrides)
     if not isinstance(seed, np.random.SeedSequence) and not (isinstance(seed, (int, np.integer)) and seed >= 0):
@@ -422,6 +373,15 @@ def make_dataset(*, n_train: int = 3, seed: int = 0, preset: str = "tutorial", c
     -------
     SynthDataset
         ``train_images`` / ``train_labels`` lists of (Z, Y, X) arrays, ``test_image``, ``test_labels``, spacing.
+
+    Examples
+    --------
+    >>> data = make_dataset(n_train=2, seed=0, preset="tiny", noise=False)
+    >>> len(data.train_images), data.test_image.shape, len(data.seeds)
+    (2, (16, 64, 64), 3)
+    >>> rebuilt = make_volume(seed=data.seeds[0], preset="tiny", noise=False)  # any volume from its seed
+    >>> bool((rebuilt.image == data.train_images[0]).all())
+    True
     """
     if isinstance(n_train, bool) or not isinstance(n_train, (int, np.integer)) or n_train < 1:
         raise NeurosegInputError(f"n_train must be a positive integer (the paper used 3), got {n_train!r}.")

@@ -81,7 +81,13 @@ class UNet3DConfig:
 
 
 def pool_factors(config: UNet3DConfig) -> list[tuple[int, int, int]]:
-    """Pooling factor (z, y, x) of each level transition, from the top of the network down."""
+    """Pooling factor (z, y, x) of each level transition, from the top of the network down.
+
+    Examples
+    --------
+    >>> pool_factors(UNet3DConfig(depth=3))  # the first pooling leaves z alone (anisotropic voxels)
+    [(1, 2, 2), (2, 2, 2), (2, 2, 2)]
+    """
     factors = [(2, 2, 2)] * config.depth
     if config.anisotropic_first_pool:
         factors[0] = (1, 2, 2)
@@ -89,7 +95,15 @@ def pool_factors(config: UNet3DConfig) -> list[tuple[int, int, int]]:
 
 
 def required_divisor(config: UNet3DConfig) -> tuple[int, int, int]:
-    """Return (dz, dy, dx): every input size along an axis must be a multiple of this for the skips to line up."""
+    """Return (dz, dy, dx): every input size along an axis must be a multiple of this for the skips to line up.
+
+    Examples
+    --------
+    >>> required_divisor(UNet3DConfig())
+    (4, 8, 8)
+    >>> required_divisor(UNet3DConfig(depth=2, anisotropic_first_pool=False))
+    (4, 4, 4)
+    """
     dz = dy = dx = 1
     for fz, fy, fx in pool_factors(config):
         dz, dy, dx = dz * fz, dy * fy, dx * fx
@@ -97,7 +111,13 @@ def required_divisor(config: UNet3DConfig) -> tuple[int, int, int]:
 
 
 def n_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
-    """Number of parameters (weights and biases) of ``model``."""
+    """Number of parameters (weights and biases) of ``model``.
+
+    Examples
+    --------
+    >>> n_parameters(torch.nn.Conv3d(1, 4, kernel_size=3))  # 4 * 27 weights + 4 biases
+    112
+    """
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
@@ -155,6 +175,14 @@ class UNet3D(nn.Module):
     Z, Y and X of the input must be multiples of ``required_divisor(config)`` ((4, 8, 8) for the defaults);
     :func:`neuroseg_lite.infer.predict_volume` pads whole volumes for you. The model also runs in the
     ``torch.channels_last_3d`` memory format (``model.to(memory_format=torch.channels_last_3d)``).
+
+    Examples
+    --------
+    >>> model = UNet3D(UNet3DConfig(base_channels=4, depth=2))
+    >>> model.divisor
+    (2, 4, 4)
+    >>> tuple(model(torch.zeros(1, 1, 4, 16, 16)).shape)  # one logit per voxel, same size as the input
+    (1, 1, 4, 16, 16)
     """
 
     def __init__(self, config: UNet3DConfig | None = None):

@@ -200,7 +200,7 @@ def test_write_refuses_wrong_extension_and_missing_folder(tmp_path):
 
 
 def test_write_failure_leaves_no_temp_file(tmp_path):
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="(?i)compression"):  # tifffile's refusal of an unknown codec
         write_stack(tmp_path / "x.tif", ramp(), spacing=SPACING, compression="no-such-codec")
     assert list(tmp_path.iterdir()) == []
 

@@ -98,3 +98,18 @@ def test_cells_are_short_and_clean(path: Path):
         if cell["cell_type"] == "code":
             assert source.count("\n") < 40, f"long cell (move code into the package): {source[:80]}"
             assert "import *" not in source and "exec(" not in source
+
+
+# The rendered book cuts code lines longer than this off at the right edge of a code cell; ruff checks the
+# notebooks at the same width (.ci/run: `ruff check --line-length 88 notebooks`).
+NOTEBOOK_LINE_LENGTH = 88
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_code_lines_fit_the_rendered_cell(path: Path):
+    long_lines = [
+        f"cell {index}: {len(line)} characters: {line[:60]}..."
+        for index, cell in enumerate(_cells(path)) if cell["cell_type"] == "code"
+        for line in _source(cell).splitlines() if len(line) > NOTEBOOK_LINE_LENGTH
+    ]
+    assert long_lines == [], f"code lines over {NOTEBOOK_LINE_LENGTH} characters (wrap them):\n" + "\n".join(long_lines)

@@ -1,7 +1,9 @@
 """The project's packaging files agree with each other and with README's commands."""
 from __future__ import annotations
 
+import importlib.metadata
 import re
+import sys
 import tomllib
 from pathlib import Path
 
@@ -60,3 +62,43 @@ def test_ci_runs_the_readme_test_command():
 def test_package_does_not_import_monai():
     for path in (ROOT / "neuroseg_lite").glob("*.py"):
         assert not re.search(r"^\s*(import|from)\s+monai\b", path.read_text(), flags=re.M), path
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_version_is_set_in_one_place():
+    import neuroseg_lite
+
+    pyproject = _pyproject()
+    assert "version" not in pyproject["project"], "the version lives in neuroseg_lite/__init__.py only"
+    assert "version" in pyproject["project"]["dynamic"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "neuroseg_lite.__version__"}
+    assert re.fullmatch(r"\d+\.\d+\.\d+(\.dev\d+)?", neuroseg_lite.__version__)
+    # the installed metadata comes from the same attribute (.ci/setup.sh reinstalls the package every run)
+    assert importlib.metadata.version("neuroseg-lite") == neuroseg_lite.__version__
+    for path in (ROOT / "neuroseg_lite").glob("*.py"):
+        if path.name != "__init__.py":
+            assert not re.search(r"^\s*__version__\s*=", path.read_text(), flags=re.M), path.name
+
+
+def test_requires_python_matches_ruff_and_ci():
+    pyproject = _pyproject()
+    match = re.fullmatch(r">=\s*3\.(\d+)", pyproject["project"]["requires-python"])
+    assert match, "requires-python should be a plain lower bound, e.g. '>=3.9'"
+    minor = int(match.group(1))
+    # ruff reports syntax newer than its target-version, so the package cannot silently outgrow requires-python
+    assert pyproject["tool"]["ruff"]["target-version"] == f"py3{minor}"
+    assert sys.version_info >= (3, minor)
+    ci_python = re.search(r"Python 3\.(\d+)", (ROOT / "README.md").read_text())
+    assert ci_python and int(ci_python.group(1)) >= minor
+
+
+def test_ci_lints_before_the_tests():
+    ci = (ROOT / ".ci" / "run").read_text()
+    project = _pyproject()["project"]
+    assert any(r.startswith("ruff") for r in project["optional-dependencies"]["test"])
+    lint = ci.index("ruff check neuroseg_lite tests benchmarks")
+    assert "ruff check --line-length 88 notebooks" in ci
+    assert lint < ci.index("python -m pytest")

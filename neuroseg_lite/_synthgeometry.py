@@ -1,7 +1,9 @@
-"""Where the objects of a synthetic stack go: capillary paths, somata and glial nuclei, without overlaps.
+"""Geometry of the synthetic stack's objects: where they go and which part of each voxel they cover.
 
-The placement half of :mod:`neuroseg_lite.synth` (which renders what is placed here): random sequential
-addition in a box larger than the volume, with distances that wrap around that box. Private to the package.
+The geometry under :mod:`neuroseg_lite.synth` (which paints the stain): placement of capillary paths, somata
+and glial nuclei without overlaps (random sequential addition in a box larger than the volume, distances
+wrapping around that box), and the shapes' partial-volume occupancy on the anisotropic voxel grid. Private to
+the package.
 """
 from __future__ import annotations
 
@@ -42,6 +44,69 @@ def _max_bound_factor(cfg: SynthConfig) -> float:
     """Largest semi-axis any soma can have, in units of its volume-equivalent radius."""
     lateral = math.sqrt(cfg.soma_aspect_max / cfg.pyramid_elongation / _taper_volume_factor(cfg.pyramid_taper))
     return max(cfg.soma_aspect_max, cfg.pyramid_elongation, lateral)
+
+
+def _partial_volume(signed_distance, grad, spacing) -> np.ndarray:
+    """Fraction of each voxel inside a surface, linear in the signed distance across the voxel's width.
+
+    The width of a voxel box measured along the surface normal is sum_i |n_i| h_i, so the ramp spans
+    exactly one voxel whichever way the surface faces (2 um across z, 0.9 um across x).
+    """
+    gz, gy, gx = grad
+    norm = np.sqrt(gz * gz + gy * gy + gx * gx) + 1e-12
+    width = (np.abs(gz) * spacing[0] + np.abs(gy) * spacing[1] + np.abs(gx) * spacing[2]) / norm
+    return np.clip(0.5 - signed_distance / width, 0.0, 1.0).astype(np.float32)
+
+
+def _body(offsets, rotation, semi_axes, taper, spacing):
+    """Occupancy and inside-mask of a (tapered) ellipsoid evaluated on box offsets from its centre (um).
+
+    The body is t^2 + lateral^2 / s(t)^2 <= 1 with t the coordinate along the first body axis in units
+    of that semi-axis and s(t) shrinking linearly from 1 at the base (t = -1) to 1 - taper at the apex.
+    """
+    dz, dy, dx = offsets
+    q = [rotation[0, k] * dz + rotation[1, k] * dy + rotation[2, k] * dx for k in range(3)]
+    a0, a1, a2 = semi_axes
+    t = q[0] / a0
+    lateral = (q[1] / a1) ** 2 + (q[2] / a2) ** 2
+    if taper > 0:
+        s = np.clip(1.0 - taper * (t + 1.0) / 2.0, 1.0 - taper, 1.0)
+        g0 = 2.0 * t / a0 + lateral * taper / (a0 * s ** 3)
+    else:
+        s = 1.0
+        g0 = 2.0 * t / a0
+    f = t * t + lateral / (s * s)
+    g1 = 2.0 * q[1] / (a1 * a1 * s * s)
+    g2 = 2.0 * q[2] / (a2 * a2 * s * s)
+    grad = [rotation[i, 0] * g0 + rotation[i, 1] * g1 + rotation[i, 2] * g2 for i in range(3)]
+    rho = np.sqrt(f)
+    norm = np.sqrt(grad[0] ** 2 + grad[1] ** 2 + grad[2] ** 2) + 1e-12
+    signed_distance = 2.0 * rho * (rho - 1.0) / norm  # first-order distance: (rho - 1) / |grad rho|
+    return _partial_volume(signed_distance, grad, spacing), f <= 1.0
+
+
+def _segment_distance(offsets, start, direction, length):
+    """Distance from box points to a segment, the position t in [0, 1] along it, and the normal vector."""
+    d = [offsets[i] - start[i] for i in range(3)]
+    along = d[0] * direction[0] + d[1] * direction[1] + d[2] * direction[2]
+    t = np.clip(along / length, 0.0, 1.0)
+    diff = [d[i] - t * length * direction[i] for i in range(3)]
+    return np.sqrt(diff[0] ** 2 + diff[1] ** 2 + diff[2] ** 2), t, diff
+
+
+def _box(center_um, radius_um, shape, spacing):
+    """Slices and per-axis offsets (um, broadcastable) of the voxels within ``radius_um`` of a point."""
+    lo = np.maximum(np.floor((center_um - radius_um) / spacing).astype(int), 0)
+    hi = np.minimum(np.ceil((center_um + radius_um) / spacing).astype(int) + 1, shape)
+    if np.any(hi <= lo):
+        return None, None
+    slices = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    offsets = []
+    for axis in range(3):
+        axis_shape = [1, 1, 1]
+        axis_shape[axis] = hi[axis] - lo[axis]
+        offsets.append((np.arange(lo[axis], hi[axis]) * spacing[axis] - center_um[axis]).reshape(axis_shape))
+    return slices, offsets
 
 
 def _vessel_paths(rng, cfg, lo, hi):

@@ -1,0 +1,41 @@
+"""The ``Examples`` sections of every module's docstrings run and print what they show.
+
+Every module of the package is collected, so examples that anyone adds to any module are run here too; a module
+without examples passes. Every module must also say its one job in a module docstring.
+"""
+from __future__ import annotations
+
+import doctest
+import importlib
+import pkgutil
+
+import numpy as np
+import pytest
+
+import neuroseg_lite
+
+MODULES = sorted(f"neuroseg_lite.{info.name}" for info in pkgutil.iter_modules(neuroseg_lite.__path__))
+OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_examples_run(name, tmp_path, monkeypatch):
+    module = importlib.import_module(name)
+    monkeypatch.chdir(tmp_path)  # examples that write files write them here
+    # Examples print Python scalars (float(...), int(...)), whose repr does not change between numpy versions.
+    result = doctest.testmod(module, optionflags=OPTIONS, extraglobs={"np": np}, report=True, verbose=False)
+    assert result.failed == 0, f"{result.failed} of {result.attempted} examples in {name} failed (see above)"
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_module_says_its_job(name):
+    module = importlib.import_module(name)
+    doc = (module.__doc__ or "").strip()
+    assert doc, f"{name} has no module docstring: say in one line what the module is for"
+    assert len(doc.splitlines()[0]) >= 20, f"{name}: the docstring's first line should say the module's one job"
+
+
+def test_the_leaf_modules_have_examples():
+    for name in ("io", "sparse", "synth", "synthconfig", "unet3d", "datasets"):
+        tests = doctest.DocTestFinder().find(importlib.import_module(f"neuroseg_lite.{name}"))
+        assert sum(len(t.examples) for t in tests) > 0, f"neuroseg_lite.{name} lost its examples"
