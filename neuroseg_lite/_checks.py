@@ -13,6 +13,7 @@ __all__ = [
     "check_image_values",
     "check_same_shape",
     "check_spacing",
+    "check_mask",
 ]
 
 
@@ -88,3 +89,22 @@ def check_spacing(spacing) -> tuple[float, float, float]:
     if not all(np.isfinite(v) and v > 0 for v in values):
         raise NeurosegInputError(f"spacing values must be positive and finite micrometres, got {values}.")
     return values
+
+
+def check_mask(array, *, name: str = "mask") -> np.ndarray:
+    """Return a (Z, Y, X) boolean mask; 0/1 integers are accepted, any other value is refused.
+
+    Examples
+    --------
+    >>> check_mask(np.ones((1, 2, 2), np.uint8)).dtype
+    dtype('bool')
+    """
+    arr = check_volume(array, name=name)
+    if arr.dtype == bool:
+        return arr
+    values = np.unique(arr)
+    if not np.isin(values, (0, 1)).all():
+        raise NeurosegInputError(
+            f"{name} must be a boolean mask (or 0/1), got values such as {values[:5].tolist()}. For instance "
+            f"labels use neuroseg_lite.io.binarize_labels({name}); for a probability use {name} >= 0.5.")
+    return arr.astype(bool)

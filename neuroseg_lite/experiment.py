@@ -1,7 +1,11 @@
-"""The paper's comparison as one function, with a working folder that caches every trained model.
+"""The paper's comparison: which runs there are (:class:`Run`), how each is made (:class:`Pipeline`), and grids.
 
-Introduced in chapter 7 (``07_sparsity_sweep``); chapters 3-6 use the same :class:`Pipeline` step by step,
-so a model trained in one chapter is reloaded by the next instead of being trained again.
+Introduced in chapter 7 (``07_sparsity_sweep``); chapters 3-6 use the same :class:`Pipeline` step by step, so a
+model trained in one chapter is reloaded by the next instead of being trained again. The Pipeline is a
+convenience layer over the public functions (:func:`neuroseg_lite.train.train_2d`,
+:func:`~neuroseg_lite.train.train_3d`, :func:`~neuroseg_lite.pseudolabel.predict_2d`,
+:func:`~neuroseg_lite.infer.predict_volume`, :func:`~neuroseg_lite.metrics.evaluate`) that caches every artefact
+in a working folder under a key of everything that determined it (:mod:`neuroseg_lite.cache`).
 
 Methods compared (one row each in the results table):
 
@@ -18,38 +22,147 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from neuroseg_lite import infer, io, metrics, pseudolabel, sparse, synth, train, unet3d
-from neuroseg_lite._checks import NeurosegInputError, check_same_shape, check_spacing, check_volume
+from neuroseg_lite import infer, metrics, pseudolabel, sparse, train
+from neuroseg_lite._checks import NeurosegInputError
+from neuroseg_lite.cache import Cache, atomic_write, content_key
+from neuroseg_lite.checkpoint import FORMAT_VERSION, load_model, save_model
+from neuroseg_lite.experiment_data import Data, default_workdir, prepare_data, synthetic_data
+from neuroseg_lite.losses import LOSS_NORMALIZATIONS
+from neuroseg_lite.models2d import PRESETS_2D
+from neuroseg_lite.unet3d import UNet3DConfig
 from neuroseg_lite.utils import select_device
 
 __all__ = [
     "METHODS",
+    "Run",
+    "grid",
     "ExperimentPreset",
     "PRESETS",
+    "preset_variant",
     "Data",
     "prepare_data",
-    "Pipeline",
-    "compare",
-    "sweep",
-    "default_workdir",
-    "preset_variant",
     "synthetic_data",
+    "default_workdir",
+    "Pipeline",
+    "sweep",
+    "compare",
 ]
 
-METHODS = ("2d", "3d_sparse", "3d_pseudo", "3d_dense")
-NORMALIZATION = {"method": "percentile", "low": 1.0, "high": 99.8}
-# Columns that identify a run: a results file is resumed by skipping rows whose key is already there.
-KEY_COLUMNS = ("data", "preset", "method", "n_slices", "lam", "pseudo_mode", "normalization", "seed")
+
+@dataclass(frozen=True)
+class _Method:
+    """What a method needs: the 2D model, pseudo-labels (and so lambda's knobs), the sparse annotation."""
+
+    uses_2d: bool
+    uses_pseudo: bool
+    sparse: bool
+    network: str
+
+
+_METHODS = {
+    "2d": _Method(uses_2d=True, uses_pseudo=False, sparse=True, network="model2d"),
+    "3d_sparse": _Method(uses_2d=False, uses_pseudo=False, sparse=True, network="unet3d"),
+    "3d_pseudo": _Method(uses_2d=True, uses_pseudo=True, sparse=True, network="unet3d"),
+    "3d_dense": _Method(uses_2d=False, uses_pseudo=False, sparse=False, network="unet3d"),
+}
+METHODS = tuple(_METHODS)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One method with its knobs: a row of the results table.
+
+    Knobs a method does not use are set to neutral values, so equal runs compare and hash equal:
+    ``lam=0.0, pseudo_mode="none", loss_normalization="none"`` for all but ``"3d_pseudo"``, and
+    ``n_slices=None`` for ``"3d_dense"`` (dense training ignores the sparsity level).
+
+    Parameters
+    ----------
+    method : {"2d", "3d_sparse", "3d_pseudo", "3d_dense"}
+    n_slices : int
+        Annotated z-planes per training volume (not used by ``"3d_dense"``).
+    seed : int
+        Training seed (of the 2D and the 3D network alike).
+    lam : float >= 0
+        Weight of the pseudo-labels (Eq. 1).
+    pseudo_mode : {"hard", "soft"}
+    loss_normalization : {"paper", "global"}
+        See :func:`neuroseg_lite.losses.weighted_bce`.
+
+    Examples
+    --------
+    >>> Run("3d_sparse", n_slices=2, lam=0.7)
+    Run(method='3d_sparse', n_slices=2, seed=0, lam=0.0, pseudo_mode='none', loss_normalization='none')
+    >>> Run("3d_dense", n_slices=4) == Run("3d_dense", n_slices=1)
+    True
+    """
+
+    method: str
+    n_slices: int | None = None
+    seed: int = 0
+    lam: float = 0.5
+    pseudo_mode: str = "hard"
+    loss_normalization: str = "paper"
+
+    def __post_init__(self):
+        if self.method not in _METHODS:
+            raise NeurosegInputError(f"unknown method {self.method!r}; choose one of {METHODS}.")
+        spec = _METHODS[self.method]
+        if not spec.sparse:
+            object.__setattr__(self, "n_slices", None)
+        elif isinstance(self.n_slices, bool) or not isinstance(self.n_slices, (int, np.integer)) or self.n_slices < 1:
+            raise NeurosegInputError(f"method {self.method!r} needs n_slices, a positive number of annotated "
+                                     f"planes per volume; got {self.n_slices!r}.")
+        else:
+            object.__setattr__(self, "n_slices", int(self.n_slices))
+        object.__setattr__(self, "seed", int(self.seed))
+        if not spec.uses_pseudo:
+            for name, value in (("lam", 0.0), ("pseudo_mode", "none"), ("loss_normalization", "none")):
+                object.__setattr__(self, name, value)
+            return
+        if not (math.isfinite(self.lam) and self.lam >= 0):
+            raise NeurosegInputError(f"lambda must be finite and >= 0, got {self.lam}.")
+        object.__setattr__(self, "lam", float(self.lam))
+        if self.pseudo_mode not in ("hard", "soft"):
+            raise NeurosegInputError(f"pseudo_mode must be 'hard' or 'soft', got {self.pseudo_mode!r}.")
+        if self.loss_normalization not in LOSS_NORMALIZATIONS:
+            raise NeurosegInputError(f"loss_normalization must be one of {LOSS_NORMALIZATIONS}, got "
+                                     f"{self.loss_normalization!r}.")
+
+    @property
+    def spec(self) -> _Method:
+        return _METHODS[self.method]
+
+    @property
+    def label(self) -> str:
+        """A file-name-safe name, e.g. ``3d_pseudo_k2_lam0p5_hard_paper_seed0`` (for browsing, not a key)."""
+        parts = [self.method] + ([f"k{self.n_slices}"] if self.spec.sparse else [])
+        if self.spec.uses_pseudo:
+            parts += [f"lam{self.lam:g}".replace(".", "p"), self.pseudo_mode, self.loss_normalization]
+        return "_".join(parts + [f"seed{self.seed}"])
+
+
+def grid(*, methods=METHODS, n_slices=(1, 2, 4, 8, 16), seeds=(0, 1, 2), lams=(0.5,), pseudo_modes=("hard",),
+         loss_normalizations=("paper",)) -> list[Run]:
+    """Every distinct Run of a grid, in a stable order (seed, k, method, knobs); the dense bound once per seed."""
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise NeurosegInputError(f"unknown method(s) {unknown}; choose from {METHODS}.")
+    runs = [Run(method, n_slices=k, seed=seed, lam=lam, pseudo_mode=mode, loss_normalization=norm)
+            for seed in seeds for k in n_slices for method in methods
+            for lam in (lams if _METHODS[method].uses_pseudo else (0.0,))
+            for mode in (pseudo_modes if _METHODS[method].uses_pseudo else ("hard",))
+            for norm in (loss_normalizations if _METHODS[method].uses_pseudo else ("paper",))]
+    return list(dict.fromkeys(runs))
 
 
 @dataclass(frozen=True)
@@ -59,10 +172,11 @@ class ExperimentPreset:
     Attributes
     ----------
     name : str
+        Shown in results rows; it never decides a cache hit (the resolved configs do).
     train_2d : str
-        Key of :data:`neuroseg_lite.pseudolabel.PRESETS_2D`.
+        Key of :data:`neuroseg_lite.models2d.PRESETS_2D`.
     train_3d : str
-        Key of :data:`neuroseg_lite.train.PRESETS_3D`.
+        Key of :data:`neuroseg_lite.trainconfig.PRESETS_3D`.
     model_3d : dict
         Overrides of :class:`neuroseg_lite.unet3d.UNet3DConfig`.
     overrides_2d, overrides_3d : dict
@@ -71,9 +185,6 @@ class ExperimentPreset:
         Correct the class-balanced 2D model's probabilities to the foreground share of the annotated voxels
         (:func:`neuroseg_lite.pseudolabel.correct_prior`) wherever they are used: the 2D method's predictions
         and the pseudo-labels. Off in the paper's method; an ablation of chapter 7.
-    shared_2d_name : str, optional
-        Name of a preset whose cached 2D models this one reuses because it trains them identically (set by
-        :func:`preset_variant`); None: its own.
     """
 
     name: str
@@ -83,12 +194,6 @@ class ExperimentPreset:
     overrides_2d: dict = field(default_factory=dict)
     overrides_3d: dict = field(default_factory=dict)
     prior_correction: bool = False
-    shared_2d_name: str | None = None
-
-    @property
-    def name_2d(self) -> str:
-        """The name under which this preset's 2D models are cached."""
-        return self.shared_2d_name or self.name
 
 
 PRESETS = {
@@ -105,22 +210,6 @@ PRESETS = {
     # Paper-like budgets for a GPU (Colab).
     "gpu": ExperimentPreset("gpu", train_2d="gpu", train_3d="gpu", model_3d={"base_channels": 32, "depth": 4}),
 }
-
-
-def preset_variant(preset, **changes) -> ExperimentPreset:
-    """A preset with some fields changed and a name that says which, so its cached models are kept apart.
-
-    Example: ``preset_variant("sweep", prior_correction=True)`` is named ``"sweep+prior_correction"``.
-    """
-    base = _resolve_preset(preset)
-    valid = {f.name for f in dataclasses.fields(ExperimentPreset)} - {"name"}
-    unknown = sorted(set(changes) - valid)
-    if unknown:
-        raise NeurosegInputError(f"unknown ExperimentPreset field(s) {unknown}; valid fields: {sorted(valid)}.")
-    tag = "+".join(_tag(key, value) for key, value in sorted(changes.items()))
-    same_2d = not {"train_2d", "overrides_2d", "shared_2d_name"} & set(changes)
-    return dataclasses.replace(base, name=f"{base.name}+{tag}" if tag else base.name,
-                               shared_2d_name=base.name_2d if same_2d else None, **changes)
 
 
 def _resolve_preset(preset) -> ExperimentPreset:
@@ -142,119 +231,38 @@ def _tag(key: str, value) -> str:
     return f"{key}-{hashlib.sha1(repr(value).encode()).hexdigest()[:8]}"
 
 
-def default_workdir() -> Path:
-    """The working folder: ``$NEUROSEG_WORKDIR`` if set, else ``./neuroseg_work``."""
-    return Path(os.environ.get("NEUROSEG_WORKDIR", "neuroseg_work"))
+def preset_variant(preset, **changes) -> ExperimentPreset:
+    """A preset with some fields changed and a name that says which.
 
-
-@dataclass
-class Data:
-    """Normalised training and test volumes, ready for every method.
-
-    Attributes
-    ----------
-    name : str
-        Identifies the data in cache file names and results tables.
-    train_images : list of ndarray of shape (Z, Y, X), float32
-        Percentile-normalised (see ``NORMALIZATION``).
-    train_labels : list of ndarray of shape (Z, Y, X), bool
-    test_image : ndarray of shape (Z, Y, X), float32
-    test_labels : ndarray of shape (Z, Y, X), bool
-    spacing : tuple of 3 floats
-        Micrometres (z, y, x).
+    Example: ``preset_variant("sweep", prior_correction=True)`` is named ``"sweep+prior_correction"``. Models a
+    variant trains exactly like its base (here the 2D models) are shared through the content-keyed cache.
     """
-
-    name: str
-    train_images: list
-    train_labels: list
-    test_image: np.ndarray
-    test_labels: np.ndarray
-    spacing: tuple
-
-
-def prepare_data(train_images, train_labels, test_image, test_labels, spacing, *, name: str) -> Data:
-    """Check and normalise the volumes for :class:`Pipeline` (inputs are not modified).
-
-    Parameters
-    ----------
-    train_images, train_labels : sequences of ndarray of shape (Z, Y, X)
-        Raw intensities and binary or instance labels; volume ``i`` of one matches volume ``i`` of the other.
-    test_image, test_labels : ndarray of shape (Z, Y, X)
-    spacing : tuple of 3 floats
-        Micrometres (z, y, x).
-    name : str
-        A short identifier (letters, digits, ``-`` and ``_``), used in cache file names.
-    """
-    if not name or not all(c.isalnum() or c in "-_" for c in name):
-        raise NeurosegInputError(f"data name {name!r} must be non-empty letters, digits, '-' or '_'.")
-    if len(train_images) != len(train_labels) or len(train_images) == 0:
-        raise NeurosegInputError(
-            f"got {len(train_images)} training images and {len(train_labels)} label volumes; "
-            "pass one label volume per image, at least one of each.")
-    pairs = []
-    for i, (image, labels) in enumerate(zip(list(train_images) + [test_image], list(train_labels) + [test_labels])):
-        role = f"training volume {i}" if i < len(train_images) else "test volume"
-        image = check_volume(image, name=f"{role} image")
-        labels = check_volume(labels, name=f"{role} labels")
-        check_same_shape(image, labels, names=(f"{role} image", f"{role} labels"))
-        norm = io.normalize_percentile(image, low=NORMALIZATION["low"], high=NORMALIZATION["high"])
-        pairs.append((norm, io.binarize_labels(labels)))
-    *train, test = pairs
-    return Data(name=name, train_images=[p[0] for p in train], train_labels=[p[1] for p in train],
-                test_image=test[0], test_labels=test[1], spacing=check_spacing(spacing))
+    base = _resolve_preset(preset)
+    valid = {f.name for f in dataclasses.fields(ExperimentPreset)} - {"name"}
+    unknown = sorted(set(changes) - valid)
+    if unknown:
+        raise NeurosegInputError(f"unknown ExperimentPreset field(s) {unknown}; valid fields: {sorted(valid)}.")
+    tag = "+".join(_tag(key, value) for key, value in sorted(changes.items()))
+    return dataclasses.replace(base, name=f"{base.name}+{tag}" if tag else base.name, **changes)
 
 
-def synthetic_data(*, preset: str = "tutorial", seed: int = 0, n_train: int = 3, workdir=None) -> Data:
-    """The synthetic dataset of the book (``n_train`` training volumes + 1 test volume), ready for a Pipeline.
-
-    The raw volumes are saved as TIFF stacks under ``workdir/data/`` the first time (chapter 1 does this),
-    and read back from there afterwards, so every chapter works on the same files.
-
-    Parameters
-    ----------
-    preset : str
-        A preset of :data:`neuroseg_lite.synth.PRESETS` (``"tutorial"`` for the book, ``"tiny"`` for smoke runs).
-    seed : int
-    n_train : int
-    workdir : path-like, optional
-
-    Returns
-    -------
-    Data
-        Named ``synth-{preset}-seed{seed}``.
-    """
-    name = f"synth-{preset}-seed{seed}"
-    folder = (Path(workdir) if workdir is not None else default_workdir()) / "data" / name
-    files = [folder / f"{role}_{kind}.tif" for role in [f"train{i}" for i in range(n_train)] + ["test"]
-             for kind in ("image", "labels")]
-    if not all(f.exists() for f in files):
-        dataset = synth.make_dataset(n_train=n_train, seed=seed, preset=preset)
-        volumes = list(zip(dataset.train_images, dataset.train_labels)) + [(dataset.test_image, dataset.test_labels)]
-        folder.mkdir(parents=True, exist_ok=True)
-        for (image, labels), (image_file, label_file) in zip(volumes, zip(files[::2], files[1::2])):
-            io.write_stack(image_file, image, spacing=dataset.spacing, overwrite=True)
-            io.write_stack(label_file, labels.astype(np.uint8), spacing=dataset.spacing, overwrite=True)
-    stacks = [io.load_pair(image_file, label_file) for image_file, label_file in zip(files[::2], files[1::2])]
-    *train, test = stacks
-    return prepare_data([s[0] for s in train], [s[1] for s in train], test[0], test[1], test[2], name=name)
-
-
-def _lam_tag(lam: float) -> str:
-    return f"{lam:g}".replace(".", "p")
+# Prediction settings, part of every prediction's key.
+_INFERENCE = {"tile": list(infer.DEFAULT_TILE), "overlap": 0.25, "stored_as": "float16", "threshold": 0.5}
+_SCORING = {"threshold": 0.5, "tolerance_um": 2.0, "version": 1}
 
 
 class Pipeline:
-    """Every stage of the method on one dataset, with trained models cached in a working folder.
+    """Every stage of the method on one dataset, each artefact cached in a working folder under a content key.
 
     Parameters
     ----------
     data : Data
-        From :func:`prepare_data`.
+        From :func:`prepare_data` or :func:`synthetic_data`.
     preset : str or ExperimentPreset
-        A key of :data:`PRESETS` (``"smoke"``, ``"sweep"``, ``"cpu"``, ``"gpu"``) or your own preset; cached
-        files are named after ``preset.name``, so give a changed preset a new name.
+        A key of :data:`PRESETS` (``"smoke"``, ``"sweep"``, ``"cpu"``, ``"gpu"``) or your own preset.
     workdir : path-like, optional
-        Where checkpoints, pseudo-labels and predictions are kept (default :func:`default_workdir`).
+        Where models, pseudo-labels and predictions are kept (default :func:`default_workdir`). One folder may
+        hold any number of data sets and presets: a file is reused only for exactly the inputs it came from.
     device : str
         ``"auto"`` picks CUDA, then MPS, then the CPU.
     progress : bool
@@ -262,13 +270,17 @@ class Pipeline:
     """
 
     def __init__(self, data: Data, *, preset="cpu", workdir=None, device="auto", progress=True):
+        if not isinstance(data, Data):
+            raise NeurosegInputError(f"Pipeline needs a Data (experiment.prepare_data or synthetic_data), got "
+                                     f"{type(data).__name__}.")
         self.data = data
         self.preset = _resolve_preset(preset)
         self.workdir = Path(workdir) if workdir is not None else default_workdir()
+        self.cache = Cache(self.workdir)
         self.device = select_device(device)
         self.progress = progress
-        self.timings: dict[str, float] = {}
-        self._annotations: dict[int, list] = {}  # n_slices -> simulated annotation, reused by every stage
+        self.timings: dict[str, float] = {}  # seconds of the stages run in this session, by artefact label
+        self._annotations: dict[int, list] = {}
 
     @property
     def min_object_voxels(self) -> int:
@@ -276,36 +288,7 @@ class Pipeline:
         voxel_volume = float(np.prod(self.data.spacing))
         return max(1, int(round(4.0 / 3.0 * np.pi * 2.0**3 / voxel_volume)))
 
-    # -- paths -----------------------------------------------------------------------------------------------
-    def _path(self, kind: str, stem: str, suffix: str) -> Path:
-        folder = self.workdir / kind
-        folder.mkdir(parents=True, exist_ok=True)
-        # A variant that trains its 2D models exactly like another preset reuses them (same weights, one training).
-        name = self.preset.name_2d if kind == "models" and stem.startswith("2d_") else self.preset.name
-        return folder / f"{self.data.name}_{name}_{stem}{suffix}"
-
-    def _record_seconds(self, path: Path, seconds: float) -> None:
-        """Keep the wall time that produced the cached file ``path``, beside it, for later results rows."""
-        self.timings[f"{path.parent.name}/{path.stem}"] = seconds
-        _write_json(path.with_name(path.name + ".seconds.json"),
-                    {"seconds": round(seconds, 3), "device": str(self.device)})
-
-    def stage_seconds(self, kind: str, stem: str, suffix: str) -> float:
-        """Wall time recorded for the cached file of ``kind`` ("models", "pseudo" or "predictions"); NaN if none."""
-        record = self._path(kind, stem, suffix + ".seconds.json")
-        return float(json.loads(record.read_text())["seconds"]) if record.exists() else math.nan
-
-    @staticmethod
-    def _stem(method, *, n_slices, seed, lam=None, pseudo_mode=None, normalization=None) -> str:
-        parts = [method]
-        if method != "3d_dense":
-            parts.append(f"k{n_slices}")
-        if method == "3d_pseudo":
-            parts += [f"lam{_lam_tag(lam)}", pseudo_mode, normalization]
-        parts.append(f"seed{seed}")
-        return "_".join(parts)
-
-    # -- stages ----------------------------------------------------------------------------------------------
+    # -- configs and keys ------------------------------------------------------------------------------------
     def sparse_labels(self, n_slices: int) -> list:
         """The simulated annotation of each training volume: ``n_slices`` evenly spaced z-planes.
 
@@ -316,47 +299,83 @@ class Pipeline:
                                            for labels in self.data.train_labels]
         return self._annotations[n_slices]
 
+    def _annotations_for(self, run: Run) -> list:
+        if run.spec.sparse:
+            return self.sparse_labels(run.n_slices)
+        return [sparse.from_planes(labels, planes=range(labels.shape[0])) for labels in self.data.train_labels]
+
     def train_config_2d(self, *, seed: int):
-        return dataclasses.replace(pseudolabel.PRESETS_2D[self.preset.train_2d], seed=seed,
-                                   **self.preset.overrides_2d)
+        return dataclasses.replace(PRESETS_2D[self.preset.train_2d], seed=seed, **self.preset.overrides_2d)
 
-    def train_config_3d(self, *, seed: int, lam: float = 0.0, pseudo_mode: str = "hard",
-                        normalization: str = "paper"):
-        return train.make_train_config(self.preset.train_3d, seed=seed, lam=lam, pseudo_mode=pseudo_mode,
-                                       normalization=normalization, **self.preset.overrides_3d)
+    def train_config_3d(self, run: Run):
+        """The resolved TrainConfig of a 3D run (knobs a method does not use keep the preset's defaults)."""
+        knobs = ({"lam": run.lam, "pseudo_mode": run.pseudo_mode, "loss_normalization": run.loss_normalization}
+                 if run.spec.uses_pseudo else {"lam": 0.0, "pseudo_mode": "hard", "loss_normalization": "paper"})
+        return train.make_train_config(self.preset.train_3d, seed=run.seed,
+                                       **{**self.preset.overrides_3d, **knobs})
 
+    def _uses_prior_correction(self) -> bool:
+        # Only a class-balanced model learned under a 50 % prior; the others need no correction.
+        return self.preset.prior_correction and self.train_config_2d(seed=0).class_balance
+
+    def _key(self, kind: str, run: Run) -> str:
+        """Content key of one artefact: "model2d", "pseudo", "model", "prediction" or "row" of ``run``."""
+        data = self.data
+        if kind == "model2d":
+            return content_key({"kind": kind, "train": data.train_digest, "format": FORMAT_VERSION,
+                                "annotation": [[a.axis, list(a.planes)] for a in self.sparse_labels(run.n_slices)],
+                                "config": self.train_config_2d(seed=run.seed),
+                                "intensity": data.intensity_normalization})
+        if kind == "pseudo":
+            return content_key({"kind": kind, "model": self._key("model2d", run),
+                                "prior_correction": self._uses_prior_correction()})
+        if kind == "model":
+            if run.method == "2d":
+                return self._key("pseudo", run)  # the 2D method is the corrected (or not) 2D model itself
+            annotation = ([[a.axis, list(a.planes)] for a in self.sparse_labels(run.n_slices)]
+                          if run.spec.sparse else "dense")
+            return content_key({"kind": kind, "train": data.train_digest, "format": FORMAT_VERSION,
+                                "annotation": annotation, "config": self.train_config_3d(run),
+                                "model": UNet3DConfig(**self.preset.model_3d),
+                                "pseudo": self._key("pseudo", run) if run.spec.uses_pseudo else None,
+                                "intensity": data.intensity_normalization})
+        if kind == "prediction":
+            return content_key({"kind": kind, "model": self._key("model", run), "image": data.test_digest,
+                                "inference": _INFERENCE})
+        return content_key({"kind": kind, "prediction": self._key("prediction", run), "truth": data.test_digest,
+                            "scoring": {**_SCORING, "min_size_voxels": self.min_object_voxels},
+                            "annotated_fraction": self._annotated_fraction(run)})
+
+    def _label(self, run: Run) -> str:
+        return f"{self.data.name}/{run.label}"
+
+    def _cached(self, kind: str, run: Run, suffix: str, read, make, write, label=None):
+        """Load the artefact of ``run`` or make it (timed), store it and return it."""
+        label = label or self._label(run)
+        key = self._key({"models2d": "model2d", "models": "model"}.get(kind, kind), run)
+        value = self.cache.load(kind, label, key, suffix, read)
+        if value is not None:
+            return value
+        start = time.perf_counter()
+        value = make()
+        seconds = time.perf_counter() - start
+        self.timings[f"{kind}/{label}"] = seconds
+        path = self.cache.save(kind, label, key, suffix, lambda tmp: write(tmp, value), seconds=seconds,
+                               device=str(self.device), description={"data": self.data.name,
+                                                                     "preset": self.preset.name, "run": run})
+        return read(path)
+
+    # -- stages ----------------------------------------------------------------------------------------------
     def model_2d(self, *, n_slices: int, seed: int = 0):
-        """The 2D pseudo-labeller for ``n_slices`` annotated planes: loaded if cached, else trained."""
-        path = self._path("models", self._stem("2d", n_slices=n_slices, seed=seed), ".pt")
-        if path.exists():
-            model, _ = pseudolabel.load_2d(path, device=self.device)
-            return model
-        start = time.perf_counter()
-        model, history = pseudolabel.train_2d(self.data.train_images, self.sparse_labels(n_slices),
-                                              config=self.train_config_2d(seed=seed), device=self.device,
-                                              progress=self.progress)
-        self._record_seconds(path, time.perf_counter() - start)
-        pseudolabel.save_2d(path, model, config=self.train_config_2d(seed=seed), history=history)
-        return model
-
-    def history_2d(self, *, n_slices: int, seed: int = 0) -> dict:
-        """The training history stored with the cached 2D model."""
-        self.model_2d(n_slices=n_slices, seed=seed)
-        path = self._path("models", self._stem("2d", n_slices=n_slices, seed=seed), ".pt")
-        return pseudolabel.load_2d(path, device="cpu")[1]["history"]
-
-    def pseudo_probabilities(self, *, n_slices: int, seed: int = 0) -> list[np.ndarray]:
-        """The 2D model's foreground probability on every training volume (cached as float16)."""
-        path = self._path("pseudo", self._stem("2d", n_slices=n_slices, seed=seed), ".npz")
-        if path.exists():
-            with np.load(path) as stored:
-                return [stored[f"volume{i}"].astype(np.float32) for i in range(len(stored.files))]
-        model = self.model_2d(n_slices=n_slices, seed=seed)
-        start = time.perf_counter()
-        probabilities = [self._predict_2d(model, image, n_slices=n_slices) for image in self.data.train_images]
-        self._record_seconds(path, time.perf_counter() - start)
-        _save_npz(path, {f"volume{i}": p.astype(np.float16) for i, p in enumerate(probabilities)})
-        return probabilities
+        """The 2D pseudo-labeller for ``n_slices`` annotated planes (a TrainedModel): loaded if cached, else trained."""
+        run = Run("2d", n_slices=n_slices, seed=seed)
+        return self._cached(
+            "models2d", run, ".pt", lambda path: load_model(path, kind="model2d", device=self.device),
+            lambda: train.train_2d(self.data.train_images, self.sparse_labels(n_slices),
+                                   config=self.train_config_2d(seed=seed),
+                                   intensity_normalization=self.data.intensity_normalization,
+                                   spacing=self.data.spacing, device=self.device, progress=self.progress),
+            save_model, label=f"{self.data.name}/2d_k{n_slices}_seed{seed}")
 
     def annotated_prior(self, n_slices: int) -> float:
         """Foreground share of the annotated voxels of all training volumes at ``n_slices`` planes each."""
@@ -366,202 +385,152 @@ class Pipeline:
 
     def _predict_2d(self, model, image: np.ndarray, *, n_slices: int) -> np.ndarray:
         probability = pseudolabel.predict_2d(model, image, device=self.device, progress=self.progress)
-        # Only a class-balanced model learned under a 50 % prior; the others need no correction.
-        if self.preset.prior_correction and self.train_config_2d(seed=0).class_balance:
+        if self._uses_prior_correction():
             prior = self.annotated_prior(n_slices)
             if 0 < prior < 1:
                 probability = pseudolabel.correct_prior(probability, prior=prior)
         return probability
 
-    def model_3d(self, method: str, *, n_slices: int, seed: int = 0, lam: float = 0.5, pseudo_mode: str = "hard",
-                 normalization: str = "paper"):
-        """A 3D U-Net trained by ``method`` (``"3d_sparse"``, ``"3d_pseudo"`` or ``"3d_dense"``); cached.
-
-        Returns
-        -------
-        model : UNet3D
-        info : dict
-            The checkpoint's contents besides the weights (configs, normalisation, history).
-        """
-        if method not in METHODS[1:]:
-            raise NeurosegInputError(f"method {method!r} is not a 3D method; choose one of {METHODS[1:]}.")
-        path = self._path("models", self._stem(method, n_slices=n_slices, seed=seed, lam=lam,
-                                               pseudo_mode=pseudo_mode, normalization=normalization), ".pt")
-        if path.exists():
-            return train.load_checkpoint(path, device=self.device)
-        if method == "3d_dense":
-            annotated = [np.ones(labels.shape, dtype=bool) for labels in self.data.train_labels]
-            labels, pseudo, lam = self.data.train_labels, None, 0.0
-        else:
-            annotation = self.sparse_labels(n_slices)
-            annotated = [a.annotated for a in annotation]
-            labels = [a.labels for a in annotation]
-            pseudo = self.pseudo_probabilities(n_slices=n_slices, seed=seed) if method == "3d_pseudo" else None
-            lam = lam if method == "3d_pseudo" else 0.0
-        config = self.train_config_3d(seed=seed, lam=lam, pseudo_mode=pseudo_mode, normalization=normalization)
-        model_config = unet3d.UNet3DConfig(**self.preset.model_3d)
-        start = time.perf_counter()
-        result = train.train_3d(self.data.train_images, labels, annotated, pseudo=pseudo, config=config,
-                                model_config=model_config, device=self.device, progress=self.progress)
-        self._record_seconds(path, time.perf_counter() - start)
-        train.save_checkpoint(path, result.model, model_config=model_config, train_config=config,
-                              normalization=NORMALIZATION, history=result.history)
-        return train.load_checkpoint(path, device=self.device)
-
-    def predict(self, method: str, *, n_slices: int, seed: int = 0, lam: float = 0.5, pseudo_mode: str = "hard",
-                normalization: str = "paper", image: np.ndarray | None = None) -> np.ndarray:
-        """Foreground probability of ``method`` on the test volume (cached), or on ``image`` if given."""
-        stem = self._stem(method, n_slices=n_slices, seed=seed, lam=lam, pseudo_mode=pseudo_mode,
-                          normalization=normalization)
-        path = self._path("predictions", stem, ".npy")
-        if image is None and path.exists():
-            return np.load(path).astype(np.float32)
-        target = self.data.test_image if image is None else image
-        if method == "2d":
+    def pseudo_probabilities(self, *, n_slices: int, seed: int = 0) -> list[np.ndarray]:
+        """The 2D model's foreground probability on every training volume (cached as float16)."""
+        def make():
             model = self.model_2d(n_slices=n_slices, seed=seed)
-            start = time.perf_counter()
-            probability = self._predict_2d(model, target, n_slices=n_slices)
-        else:
-            model, _ = self.model_3d(method, n_slices=n_slices, seed=seed, lam=lam, pseudo_mode=pseudo_mode,
-                                     normalization=normalization)
-            start = time.perf_counter()
-            probability = infer.predict_volume(model, target, device=self.device, progress=self.progress)
-        if image is None:
-            self._record_seconds(path, time.perf_counter() - start)
-            # Score what is cached, so that a re-evaluation from the cache gives the very same numbers.
-            probability = probability.astype(np.float16)
-            _save_npy(path, probability)
-        return probability.astype(np.float32)
+            return [self._predict_2d(model, image, n_slices=n_slices).astype(np.float16)
+                    for image in self.data.train_images]
 
-    def evaluate(self, method: str, *, n_slices: int, seed: int = 0, lam: float = 0.5, pseudo_mode: str = "hard",
-                 normalization: str = "paper") -> dict:
-        """One results row: the method's scores on the test volume, with its settings and stage timings.
+        def read(path):
+            with np.load(path) as stored:
+                return [stored[f"volume{i}"].astype(np.float32) for i in range(len(stored.files))]
 
-        The ``*_seconds`` columns are the wall times recorded when each stage ran (NaN where a cached file
-        predates the records): ``train_2d_seconds`` and ``pseudo_seconds`` (predicting the pseudo-labels) for
-        the 2D model and the pseudo-label method, ``train_3d_seconds`` for the 3D models, ``predict_seconds``
-        for the test volume, and their sum ``total_seconds``.
+        return self._cached("pseudo", Run("2d", n_slices=n_slices, seed=seed), ".npz", read, make,
+                            lambda tmp, arrays: np.savez_compressed(tmp, **{f"volume{i}": a for i, a in
+                                                                           enumerate(arrays)}),
+                            label=f"{self.data.name}/2d_k{n_slices}_seed{seed}")
+
+    def model_3d(self, run: Run):
+        """The 3D U-Net of a 3D ``run`` (a TrainedModel): loaded if cached, else trained."""
+        if run.spec.network != "unet3d":
+            raise NeurosegInputError(f"method {run.method!r} is not a 3D method; choose one of {METHODS[1:]}.")
+
+        def make():
+            pseudo = (self.pseudo_probabilities(n_slices=run.n_slices, seed=run.seed) if run.spec.uses_pseudo
+                      else None)
+            return train.train_3d(self.data.train_images, self._annotations_for(run), pseudo=pseudo,
+                                  config=self.train_config_3d(run), model_config=UNet3DConfig(**self.preset.model_3d),
+                                  intensity_normalization=self.data.intensity_normalization,
+                                  spacing=self.data.spacing, device=self.device, progress=self.progress)
+
+        return self._cached("models", run, ".pt", lambda path: load_model(path, kind="unet3d", device=self.device),
+                            make, save_model)
+
+    def predict(self, run: Run, *, image: np.ndarray | None = None) -> np.ndarray:
+        """Foreground probability of ``run`` on the test volume (cached), or on a raw ``image`` if given."""
+        def make(target=None):
+            target = self.data.test_image if target is None else target
+            if run.method == "2d":
+                model = self.model_2d(n_slices=run.n_slices, seed=run.seed)
+                return self._predict_2d(model, target, n_slices=run.n_slices)
+            return infer.predict_volume(self.model_3d(run), target, device=self.device, progress=self.progress)
+
+        if image is not None:
+            return make(image)
+        # Score what is cached (float16), so that a re-evaluation from the cache gives the very same numbers.
+        return self._cached("predictions", run, ".npy", lambda path: np.load(path).astype(np.float32),
+                            lambda: make().astype(np.float16), lambda tmp, array: np.save(tmp, array))
+
+    def _annotated_fraction(self, run: Run) -> float:
+        return float(np.mean([a.fraction for a in self.sparse_labels(run.n_slices)])) if run.spec.sparse else 1.0
+
+    def row_key(self, run: Run) -> str:
+        """The key of ``run``'s results row: equal keys mean equal data, annotation, configs, seed and scoring."""
+        return self._key("row", run)
+
+    def evaluate(self, run: Run) -> dict:
+        """One results row: the run's scores on the test volume, its settings, stage timings and key.
+
+        The ``*_seconds`` columns are the wall times recorded when each stage ran: ``train_2d_seconds`` and
+        ``pseudo_seconds`` (predicting the pseudo-labels) for the 2D model and the pseudo-label method,
+        ``train_3d_seconds`` for the 3D models, ``predict_seconds`` for the test volume, and their sum
+        ``total_seconds``. The dense bound's ``n_slices`` is the number of planes of the training volumes.
         """
-        probability = self.predict(method, n_slices=n_slices, seed=seed, lam=lam, pseudo_mode=pseudo_mode,
-                                   normalization=normalization)
-        stages = self.stage_times(method, n_slices=n_slices, seed=seed, lam=lam, pseudo_mode=pseudo_mode,
-                                  normalization=normalization)
-        scores = metrics.evaluate(probability, self.data.test_labels, spacing=self.data.spacing, threshold=0.5,
+        probability = self.predict(run)
+        scores = metrics.evaluate(probability, self.data.test_labels, spacing=self.data.spacing,
+                                  threshold=_SCORING["threshold"], tolerance_um=_SCORING["tolerance_um"],
                                   min_size_voxels=self.min_object_voxels)
-        uses_lam = method == "3d_pseudo"
-        row = {
-            "data": self.data.name, "preset": self.preset.name, "method": method,
-            "n_slices": n_slices if method != "3d_dense" else int(self.data.train_labels[0].shape[0]),
-            "annotated_fraction": (1.0 if method == "3d_dense"
-                                   else float(np.mean([a.fraction for a in self.sparse_labels(n_slices)]))),
-            "lam": lam if uses_lam else 0.0,
-            "pseudo_mode": pseudo_mode if uses_lam else "none",
-            "normalization": normalization if uses_lam else "none",
-            "seed": seed,
-            **scores,
-            **{name: round(value, 2) for name, value in stages.items()},
-        }
-        return row
+        columns = dataclasses.asdict(run)
+        if not run.spec.sparse:
+            columns["n_slices"] = int(self.data.train_labels[0].shape[0])
+        return {"data": self.data.name, "preset": self.preset.name, **columns,
+                "annotated_fraction": self._annotated_fraction(run), **scores,
+                **{name: round(value, 2) for name, value in self.stage_times(run).items()},
+                "key": self.row_key(run)}
 
-    def stage_times(self, method: str, *, n_slices: int, seed: int = 0, lam: float = 0.5, pseudo_mode: str = "hard",
-                    normalization: str = "paper") -> dict:
-        """Recorded wall time of every stage that ``method`` needs, in seconds (see :meth:`evaluate`)."""
-        stem_2d = self._stem("2d", n_slices=n_slices, seed=seed)
-        stem = self._stem(method, n_slices=n_slices, seed=seed, lam=lam, pseudo_mode=pseudo_mode,
-                          normalization=normalization)
-        uses_2d = method in ("2d", "3d_pseudo")
+    def stage_times(self, run: Run) -> dict:
+        """Recorded wall time of every stage that ``run`` needs, in seconds (see :meth:`evaluate`)."""
+        label_2d = f"{self.data.name}/2d_k{run.n_slices}_seed{run.seed}"
+        run_2d = Run("2d", n_slices=run.n_slices, seed=run.seed) if run.spec.uses_2d else None
         stages = {
-            "train_2d_seconds": self.stage_seconds("models", stem_2d, ".pt") if uses_2d else 0.0,
-            "pseudo_seconds": self.stage_seconds("pseudo", stem_2d, ".npz") if method == "3d_pseudo" else 0.0,
-            "train_3d_seconds": self.stage_seconds("models", stem, ".pt") if method != "2d" else 0.0,
-            "predict_seconds": self.stage_seconds("predictions", stem, ".npy"),
+            "train_2d_seconds": (self.cache.seconds("models2d", label_2d, self._key("model2d", run_2d), ".pt")
+                                 if run_2d else 0.0),
+            "pseudo_seconds": (self.cache.seconds("pseudo", label_2d, self._key("pseudo", run_2d), ".npz")
+                               if run.spec.uses_pseudo else 0.0),
+            "train_3d_seconds": (self.cache.seconds("models", self._label(run), self._key("model", run), ".pt")
+                                 if run.spec.network == "unet3d" else 0.0),
+            "predict_seconds": self.cache.seconds("predictions", self._label(run), self._key("prediction", run),
+                                                  ".npy"),
         }
         stages["total_seconds"] = sum(stages.values())
         return stages
 
 
-def _replace_atomically(path: Path, write) -> None:
-    """Write with ``write(temporary_path)`` next to ``path``, then rename: no half-written cache files."""
-    tmp = path.with_name(path.name + ".tmp" + path.suffix)  # numpy appends .npy/.npz unless the name ends so
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _save_npz(path: Path, arrays: dict) -> None:
-    _replace_atomically(path, lambda tmp: np.savez_compressed(tmp, **arrays))
-
-
-def _write_json(path: Path, content: dict) -> None:
-    _replace_atomically(path, lambda tmp: tmp.write_text(json.dumps(content)))
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    _replace_atomically(path, lambda tmp: np.save(tmp, array))
-
-
-def _row_key(row: dict) -> tuple:
-    return tuple(str(row[c]) for c in KEY_COLUMNS)
+# -- results files -------------------------------------------------------------------------------------------
+_RENAMED_COLUMNS = {"normalization": "loss_normalization"}  # results files of earlier versions
 
 
 def _load_results(results_file) -> pd.DataFrame:
     if results_file is None or not Path(results_file).exists():
         return pd.DataFrame()
-    return pd.read_csv(results_file)
-
-
-def _append_result(results_file, row: dict) -> None:
-    if results_file is None:
-        return
-    path = Path(results_file)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame([row]).to_csv(path, mode="a", header=not path.exists(), index=False)
+    table = pd.read_csv(results_file).rename(columns=_RENAMED_COLUMNS)
+    if len(table) and "key" not in table.columns:
+        raise NeurosegInputError(
+            f"{results_file} was written by an earlier neuroseg_lite without run keys, so its rows cannot be checked "
+            "against the runs asked for (they may come from other data or budgets). Move it away or pass another "
+            "results_file; nothing in it was changed.")
+    return table
 
 
 def sweep(data: Data, *, n_slices=(1, 2, 4, 8, 16), seeds=(0, 1, 2), lams=(0.5,), pseudo_modes=("hard",),
-          normalizations=("paper",), methods=METHODS, preset="cpu", workdir=None, results_file=None,
+          loss_normalizations=("paper",), methods=METHODS, preset="cpu", workdir=None, results_file=None,
           device="auto", progress=False) -> pd.DataFrame:
-    """Run every method over a grid of settings; rows already in ``results_file`` are not run again.
+    """Run every method over a grid of settings; rows already in ``results_file`` (same key) are not run again.
 
     Returns
     -------
     pandas.DataFrame
-        One row per (method, n_slices, lam, pseudo_mode, normalization, seed), all rows of the results file
-        included. The dense upper bound is run once per seed.
+        Exactly one row per distinct :class:`Run` of the grid (see :func:`grid`; the dense bound once per
+        seed), in grid order. Other rows of the results file are kept in the file but not returned.
     """
-    unknown = set(methods) - set(METHODS)
-    if unknown:
-        raise NeurosegInputError(f"unknown method(s) {sorted(unknown)}; choose from {METHODS}.")
-    for lam in lams:
-        if lam < 0:
-            raise NeurosegInputError(f"lambda must be >= 0, got {lam}.")
+    runs = grid(methods=methods, n_slices=n_slices, seeds=seeds, lams=lams, pseudo_modes=pseudo_modes,
+                loss_normalizations=loss_normalizations)
     pipeline = Pipeline(data, preset=preset, workdir=workdir, device=device, progress=progress)
-    done = _load_results(results_file)
-    done_keys = {_row_key(r) for r in done.to_dict("records")} if len(done) else set()
+    table = _load_results(results_file)
+    done = {row["key"]: row for row in table.to_dict("records")} if len(table) else {}
     rows = []
-    for seed in seeds:
-        for k in n_slices:
-            for method in methods:
-                if method == "3d_dense" and k != n_slices[0]:
-                    continue
-                settings = ([(lam, mode, norm) for lam in lams for mode in pseudo_modes for norm in normalizations]
-                            if method == "3d_pseudo" else [(0.0, "none", "none")])
-                for lam, mode, norm in settings:
-                    probe = {"data": data.name, "preset": pipeline.preset.name, "method": method, "lam": lam,
-                             "pseudo_mode": mode, "normalization": norm, "seed": seed,
-                             "n_slices": k if method != "3d_dense" else int(data.train_labels[0].shape[0])}
-                    if _row_key(probe) in done_keys:
-                        continue
-                    row = pipeline.evaluate(method, n_slices=k, seed=seed, lam=lam,
-                                            pseudo_mode=mode if mode != "none" else "hard",
-                                            normalization=norm if norm != "none" else "paper")
-                    _append_result(results_file, row)
-                    rows.append(row)
-    return pd.concat([done, pd.DataFrame(rows)], ignore_index=True) if rows else done
+    for run in runs:
+        key = pipeline.row_key(run)
+        if key not in done:
+            done[key] = pipeline.evaluate(run)
+            if results_file is not None:
+                table = pd.concat([table, pd.DataFrame([done[key]])], ignore_index=True)
+                atomic_write(results_file, lambda tmp: table.to_csv(tmp, index=False))
+        rows.append(done[key])
+    return pd.DataFrame(rows)
 
 
-def compare(train_images, train_labels, test_image, test_labels, spacing, *, n_slices: int, lam: float = 0.5,
-            seed: int = 0, preset: str = "cpu", pseudo_mode: str = "hard", normalization: str = "paper",
-            name: str = "data", workdir=None, results_file=None, device="auto", progress=False) -> pd.DataFrame:
+def compare(train_images, train_labels, test_image, test_labels, spacing, *, n_slices: int, name: str,
+            lam: float = 0.5, seed: int = 0, preset="cpu", pseudo_mode: str = "hard",
+            loss_normalization: str = "paper", workdir=None, results_file=None, device="auto",
+            progress=False) -> pd.DataFrame:
     """The paper's comparison at one sparsity level: one row per method, on the test volume.
 
     Parameters
@@ -573,22 +542,26 @@ def compare(train_images, train_labels, test_image, test_labels, spacing, *, n_s
         Micrometres (z, y, x).
     n_slices : int
         Annotated z-planes per training volume.
+    name : str
+        Names the data in results rows and cache folders (letters, digits, ``-``, ``_``); it never decides a
+        cache hit, the data's contents do.
     lam : float
         Weight of the pseudo-labels (>= 0).
     seed : int
     preset : str or ExperimentPreset
         A key of :data:`PRESETS` (``"smoke"``, ``"sweep"``, ``"cpu"``, ``"gpu"``) or an ExperimentPreset.
     pseudo_mode : {"hard", "soft"}
-    normalization : {"paper", "global"}
+    loss_normalization : {"paper", "global"}
         See :func:`neuroseg_lite.losses.weighted_bce`.
 
     Returns
     -------
     pandas.DataFrame
         One row per method (2D, 3D sparse, 3D with pseudo-labels, 3D dense) with Dice, precision, recall,
-        IoU, confusion counts, object and surface metrics, and the seconds each stage took.
+        IoU, confusion counts, object and surface metrics, the seconds each stage took, and the run's key.
     """
     data = prepare_data(train_images, train_labels, test_image, test_labels, spacing, name=name)
     return sweep(data, n_slices=(n_slices,), seeds=(seed,), lams=(lam,), pseudo_modes=(pseudo_mode,),
-                 normalizations=(normalization,), preset=preset, workdir=workdir, results_file=results_file,
-                 device=device, progress=progress)
+                 loss_normalizations=(loss_normalization,), preset=preset, workdir=workdir,
+                 results_file=results_file, device=device, progress=progress)
+

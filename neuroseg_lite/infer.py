@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from neuroseg_lite._checks import NeurosegInputError, check_image_values, check_volume
+from neuroseg_lite.checkpoint import TrainedModel
 from neuroseg_lite.utils import select_device
 
 __all__ = ["DEFAULT_TILE", "predict_volume", "tile_positions", "gaussian_window"]
@@ -193,19 +194,23 @@ def _validate_image(image, name: str):
     return volume
 
 
-def predict_volume(model: torch.nn.Module, image, *, tile=None, overlap: float = 0.25, batch_size: int = 2,
+def predict_volume(model, image, *, tile=None, overlap: float = 0.25, batch_size: int = 2,
                    device="auto", progress: bool = False, sigma_scale: float = 0.125,
                    divisor=None) -> np.ndarray:
     """Foreground probability of a whole stack by Gaussian-blended sliding-window inference.
 
     Parameters
     ----------
-    model : torch.nn.Module
-        Maps (N, 1, z, y, x) float tensors to logits of the same shape (e.g. ``unet3d.UNet3D``). It is moved
-        to ``device`` and run in eval mode; its train/eval mode is restored afterwards.
+    model : TrainedModel or torch.nn.Module
+        A 3D model from :func:`neuroseg_lite.train.train_3d` or :func:`neuroseg_lite.checkpoint.load_model`:
+        the raw image is normalised by the model's own stored intensity normalisation (which reads the whole
+        stack into memory). Or a bare network that maps (N, 1, z, y, x) float tensors to logits of the same
+        shape (e.g. ``unet3d.UNet3D``): the image must then be normalised floats as in training (integer
+        images are refused), and memory-mapped arrays and lazy array-likes (``io.read_stack(..., lazy=True)``)
+        are read tile by tile. The network is moved to ``device`` and run in eval mode; its train/eval mode
+        is restored afterwards.
     image : ndarray of shape (Z, Y, X)
-        Normalised intensities (as used in training), any size and numeric dtype. Memory-mapped arrays
-        and lazy array-likes (``io.read_stack(..., lazy=True)``) are read tile by tile; never modified.
+        Any size; never modified.
     tile : tuple of 3 int, optional
         Tile size (z, y, x), multiples of the divisor. Default ``DEFAULT_TILE`` = (32, 64, 64). Each axis
         is clipped to the volume (rounded up to the divisor and filled by reflection padding). Tile starts
@@ -235,9 +240,19 @@ def predict_volume(model: torch.nn.Module, image, *, tile=None, overlap: float =
     bf16 (or fp16) autocast, where larger tiles and batches usually pay off; on the CPU it runs in float32
     with the weights temporarily in the channels-last 3D layout.
     """
-    if not isinstance(model, torch.nn.Module):
-        raise NeurosegInputError(f"model must be a torch.nn.Module, got {type(model).__name__}; "
-                                 "pass e.g. the model returned by train_3d or load_checkpoint.")
+    if isinstance(model, TrainedModel):
+        if model.kind != "unet3d":
+            raise NeurosegInputError(f"predict_volume needs a 3D U-Net, got a {model.kind!r} model; use "
+                                     "neuroseg_lite.pseudolabel.predict_2d for a 2D model.")
+        image, model = model.preprocess(np.asarray(image)), model.network
+    elif not isinstance(model, torch.nn.Module):
+        raise NeurosegInputError(f"model must be a TrainedModel or a torch.nn.Module, got {type(model).__name__}; "
+                                 "pass e.g. the model returned by train_3d or checkpoint.load_model.")
+    elif not np.issubdtype(np.dtype(getattr(image, "dtype", np.float32)), np.floating):
+        raise NeurosegInputError(
+            f"image has dtype {image.dtype} (raw detector counts?) and a bare network carries no intensity "
+            "normalisation; pass the TrainedModel (train_3d / checkpoint.load_model), which normalises raw "
+            "stacks itself, or normalise the image first (neuroseg_lite.io.normalize_percentile).")
     volume = _validate_image(image, "image")
     if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
         raise NeurosegInputError(f"batch_size must be a positive integer, got {batch_size!r}.")

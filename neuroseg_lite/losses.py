@@ -20,11 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from neuroseg_lite._checks import NeurosegInputError, check_same_shape, check_volume
+from neuroseg_lite._checks import NeurosegInputError, check_mask, check_same_shape, check_volume
 
-__all__ = ["pseudo_targets", "weight_map", "weighted_bce", "lambda_schedule", "NORMALIZATIONS"]
+__all__ = ["pseudo_targets", "weight_map", "weighted_bce", "lambda_schedule", "LOSS_NORMALIZATIONS"]
 
-NORMALIZATIONS = ("paper", "global")
+LOSS_NORMALIZATIONS = ("paper", "global")
 
 
 def _check_lam(lam) -> float:
@@ -37,18 +37,6 @@ def _check_lam(lam) -> float:
             f"lam (the weight of pseudo-labelled voxels) must be finite and >= 0, got {lam!r}. "
             "Use lam=0 for sparse training without pseudo-labels.")
     return value
-
-
-def _as_bool_mask(mask, *, name: str) -> np.ndarray:
-    arr = check_volume(mask, name=name)
-    if arr.dtype != bool:
-        values = np.unique(arr)
-        if not np.isin(values, (0, 1)).all():
-            raise NeurosegInputError(
-                f"{name} must be a boolean mask (or 0/1), got values such as {values[:5].tolist()}. "
-                f"Pass e.g. {name} > 0.")
-        arr = arr.astype(bool)
-    return arr
 
 
 def pseudo_targets(labels, annotated, pseudo_prob, *, mode: str = "hard", confidence: float | None = None):
@@ -77,8 +65,8 @@ def pseudo_targets(labels, annotated, pseudo_prob, *, mode: str = "hard", confid
     pseudo_mask : ndarray of shape (Z, Y, X), bool
         True on the unannotated voxels that carry a pseudo-label.
     """
-    labels = _as_bool_mask(labels, name="labels")
-    annotated = _as_bool_mask(annotated, name="annotated")
+    labels = check_mask(labels, name="labels")
+    annotated = check_mask(annotated, name="annotated")
     prob = check_volume(pseudo_prob, name="pseudo_prob")
     check_same_shape(labels, annotated, names=("labels", "annotated"))
     check_same_shape(labels, prob, names=("labels", "pseudo_prob"))
@@ -119,11 +107,11 @@ def weight_map(annotated, *, lam: float, pseudo_mask=None) -> np.ndarray:
     ndarray of shape (Z, Y, X), float32
     """
     lam = _check_lam(lam)
-    annotated = _as_bool_mask(annotated, name="annotated")
+    annotated = check_mask(annotated, name="annotated")
     if pseudo_mask is None:
         pseudo = ~annotated
     else:
-        pseudo = _as_bool_mask(pseudo_mask, name="pseudo_mask")
+        pseudo = check_mask(pseudo_mask, name="pseudo_mask")
         check_same_shape(annotated, pseudo, names=("annotated", "pseudo_mask"))
         pseudo = pseudo & ~annotated
     weights = np.zeros(annotated.shape, dtype=np.float32)
@@ -133,19 +121,19 @@ def weight_map(annotated, *, lam: float, pseudo_mask=None) -> np.ndarray:
 
 
 def weighted_bce(logits: torch.Tensor, targets: torch.Tensor, annotated: torch.Tensor, *, lam: float,
-                 pseudo_mask: torch.Tensor | None = None, normalization: str = "paper") -> torch.Tensor:
+                 pseudo_mask: torch.Tensor | None = None, loss_normalization: str = "paper") -> torch.Tensor:
     r"""Binary cross-entropy with weight 1 on annotated voxels and ``lam`` on pseudo-labelled voxels.
 
     With :math:`\ell_v` the binary cross-entropy of voxel :math:`v` (from its logit and target), :math:`A` the
     annotated voxels and :math:`P` the pseudo-labelled ones (unannotated voxels of ``pseudo_mask``) of the batch:
 
-    ``normalization="paper"`` is Eq. 1 of Castelli et al. (2020), each term a mean over its own voxels:
+    ``loss_normalization="paper"`` is Eq. 1 of Castelli et al. (2020), each term a mean over its own voxels:
 
     .. math:: L = \frac{1}{|A|}\sum_{v \in A} \ell_v + \lambda \frac{1}{|P|}\sum_{v \in P} \ell_v
 
     (a term is 0 when its set is empty in the batch).
 
-    ``normalization="global"`` is one weighted mean over a weight map :math:`w` (1 on A, :math:`\lambda` on P):
+    ``loss_normalization="global"`` is one weighted mean over a weight map :math:`w` (1 on A, :math:`\lambda` on P):
 
     .. math:: L = \frac{\sum_v w_v \ell_v}{\sum_v w_v}
               = \frac{|A|\,\bar\ell_A + \lambda |P|\,\bar\ell_P}{|A| + \lambda |P|}
@@ -167,7 +155,7 @@ def weighted_bce(logits: torch.Tensor, targets: torch.Tensor, annotated: torch.T
         Weight of the pseudo-labelled voxels.
     pseudo_mask : Tensor, same shape, bool, optional
         Voxels that carry a pseudo-label; ``None`` means every unannotated voxel.
-    normalization : {"paper", "global"}
+    loss_normalization : {"paper", "global"}
 
     Returns
     -------
@@ -175,8 +163,9 @@ def weighted_bce(logits: torch.Tensor, targets: torch.Tensor, annotated: torch.T
         Scalar loss, differentiable with respect to ``logits``.
     """
     lam = _check_lam(lam)
-    if normalization not in NORMALIZATIONS:
-        raise NeurosegInputError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}.")
+    if loss_normalization not in LOSS_NORMALIZATIONS:
+        raise NeurosegInputError(f"loss_normalization must be one of {LOSS_NORMALIZATIONS}, got "
+                                 f"{loss_normalization!r}.")
     for name, tensor in (("targets", targets), ("annotated", annotated), ("pseudo_mask", pseudo_mask)):
         if tensor is not None and tuple(tensor.shape) != tuple(logits.shape):
             raise NeurosegInputError(
@@ -192,7 +181,7 @@ def weighted_bce(logits: torch.Tensor, targets: torch.Tensor, annotated: torch.T
     # Keeps the result attached to the graph (zero gradient) when a batch has no voxel in the loss.
     zero = logits.sum() * 0.0
 
-    if normalization == "paper":
+    if loss_normalization == "paper":
         loss = zero
         if bool(annotated.any()):
             loss = F.binary_cross_entropy_with_logits(logits[annotated], targets[annotated])

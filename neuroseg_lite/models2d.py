@@ -1,9 +1,10 @@
 """The two 2D networks that make pseudo-labels: a 32x32 patch classifier and a small 2D U-Net.
 
 Introduced in chapter 3 (``03_train_2d``); :func:`PatchCNN.dense_logits` is the subject of
-chapter 4 (``04_pseudo_labels``). Also here: :class:`Train2DConfig` (which network, and how it is
-trained), :data:`PRESETS_2D` and the checkpoint functions. Training and prediction live in
-:mod:`neuroseg_lite.pseudolabel`, which re-exports all of these.
+chapter 4 (``04_pseudo_labels``). Also here: :class:`Model2DConfig` (which network), :class:`Train2DConfig`
+(which network, and how it is trained) and :data:`PRESETS_2D`. Training is
+:func:`neuroseg_lite.train.train_2d`, prediction :func:`neuroseg_lite.pseudolabel.predict_2d`, the model file
+:mod:`neuroseg_lite.checkpoint`.
 
 The patch classifier follows the layer list the paper's authors published as a Caffe model:
 conv 32@5x5 -> ReLU -> maxpool 2 -> conv 64@3x3 -> ReLU -> maxpool 2 -> conv 64@3x3 -> ReLU ->
@@ -15,9 +16,7 @@ and columns j-16 .. j+15.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,7 +24,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from neuroseg_lite._checks import NeurosegInputError
-from neuroseg_lite.utils import select_device, to_plain
 
 __all__ = [
     "PATCH_SIZE",
@@ -36,12 +34,11 @@ __all__ = [
     "reflect_indices",
     "reflect_pad2d",
     "naive_logits",
+    "Model2DConfig",
     "Train2DConfig",
     "PRESETS_2D",
     "build_model_2d",
     "model_kind",
-    "save_2d",
-    "load_2d",
 ]
 
 PATCH_SIZE = 32
@@ -282,7 +279,35 @@ class UNet2D(nn.Module):
 
 MODEL_KINDS = ("patch", "unet2d")
 _DEFAULT_BATCH = {"patch": 128, "unet2d": 4}
-_CHECKPOINT_FORMAT = "neuroseg_lite.pseudolabel2d/1"
+
+
+@dataclass(frozen=True)
+class Model2DConfig:
+    """Architecture of a 2D pseudo-labeller: what :func:`build_model_2d` needs to rebuild it.
+
+    Attributes
+    ----------
+    model : {"patch", "unet2d"}
+    in_channels : int
+        ``1 + 2 * context_planes``.
+    base_channels, depth : int
+        ``"unet2d"`` width and number of poolings (ignored by ``"patch"``).
+    dropout : float
+        ``"patch"`` dropout after the hidden fully connected layers (ignored by ``"unet2d"``).
+    """
+
+    model: str = "patch"
+    in_channels: int = 1
+    base_channels: int = 16
+    depth: int = 3
+    dropout: float = 0.5
+
+    def __post_init__(self):
+        if self.model not in MODEL_KINDS:
+            raise NeurosegInputError(f"Model2DConfig.model must be one of {MODEL_KINDS}, got {self.model!r}.")
+        if min(self.in_channels, self.base_channels, self.depth) < 1 or not 0 <= self.dropout < 1:
+            raise NeurosegInputError(f"Model2DConfig needs in_channels, base_channels, depth >= 1 and dropout in "
+                                     f"[0, 1); got {self}.")
 
 
 @dataclass(frozen=True)
@@ -303,8 +328,10 @@ class Train2DConfig:
         Patches (``"patch"``) or crops (``"unet2d"``) per step; None picks 128 or 4 respectively.
     lr, weight_decay : float
         Adam learning rate and L2 weight decay.
-    lr_schedule : {"cosine", "constant"}
-        Cosine decay to 10 % of ``lr`` damps the step-to-step swings of the final model.
+    warmup_fraction, min_lr_fraction : float
+        The learning-rate schedule shared with the 3D network (:func:`neuroseg_lite.train.learning_rate`):
+        linear warm-up over ``warmup_fraction`` of the steps, then cosine decay to ``lr * min_lr_fraction``
+        (0.1 damps the step-to-step swings of the final model; 1.0 is a constant rate).
     seed : int
     class_balance : bool
         ``"patch"``: draw foreground and background centres 50/50 (when both are annotated), otherwise
@@ -321,6 +348,8 @@ class Train2DConfig:
         ``"patch"`` dropout after the hidden fully connected layers.
     val_every : int
         Validate every that many steps when ``val`` is given (0: only at the end).
+    log_every : int
+        Steps between entries of the history (loss averaged over the interval).
     val_planes : int
         Validation uses at most this many evenly spaced z-planes, to stay cheap.
     amp : bool
@@ -333,7 +362,8 @@ class Train2DConfig:
     batch_size: int | None = None
     lr: float = 1e-3
     weight_decay: float = 1e-5
-    lr_schedule: str = "cosine"
+    warmup_fraction: float = 0.0
+    min_lr_fraction: float = 0.1
     seed: int = 0
     class_balance: bool = True
     augment: bool = True
@@ -343,12 +373,19 @@ class Train2DConfig:
     depth: int = 3
     dropout: float = 0.5
     val_every: int = 250
+    log_every: int = 10
     val_planes: int = 8
     amp: bool = True
 
     @property
     def in_channels(self) -> int:
         return 1 + 2 * self.context_planes
+
+    @property
+    def model_config(self) -> Model2DConfig:
+        """The architecture part of this config."""
+        return Model2DConfig(model=self.model, in_channels=self.in_channels, base_channels=self.base_channels,
+                             depth=self.depth, dropout=self.dropout)
 
     def resolved_batch_size(self) -> int:
         return self.batch_size if self.batch_size is not None else _DEFAULT_BATCH[self.model]
@@ -369,9 +406,10 @@ class Train2DConfig:
                 raise NeurosegInputError(f"Train2DConfig.{name} must be >= 0, got {getattr(self, name)!r}.")
         if not 0 <= self.dropout < 1:
             raise NeurosegInputError(f"Train2DConfig.dropout must be in [0, 1), got {self.dropout!r}.")
-        if self.lr_schedule not in ("cosine", "constant"):
-            raise NeurosegInputError(
-                f"Train2DConfig.lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}.")
+        if not 0 <= self.warmup_fraction < 1 or not 0 <= self.min_lr_fraction <= 1 or self.log_every < 1:
+            raise NeurosegInputError("Train2DConfig needs warmup_fraction in [0, 1), min_lr_fraction in [0, 1] "
+                                     f"and log_every >= 1; got {self.warmup_fraction}, {self.min_lr_fraction}, "
+                                     f"{self.log_every}.")
         return self
 
     @classmethod
@@ -394,9 +432,9 @@ PRESETS_2D: dict[str, Train2DConfig] = {
 }
 
 
-def build_model_2d(config: Train2DConfig) -> torch.nn.Module:
+def build_model_2d(config: Model2DConfig | Train2DConfig) -> torch.nn.Module:
     """Return an untrained network of the kind and input channels that ``config`` asks for."""
-    config.validate()
+    config = config.validate().model_config if isinstance(config, Train2DConfig) else config
     if config.model == "patch":
         return PatchCNN(config.in_channels, n_classes=2, dropout=config.dropout)
     return UNet2D(config.in_channels, base_channels=config.base_channels, depth=config.depth)
@@ -409,86 +447,4 @@ def model_kind(model) -> str:
     if isinstance(model, UNet2D):
         return "unet2d"
     raise NeurosegInputError(
-        f"expected a PatchCNN or UNet2D from train_2d/load_2d, got {type(model).__name__}.")
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-def save_2d(path, model, *, config: Train2DConfig | dict, history: dict | None = None) -> Path:
-    """Save a trained 2D model with the config that built it and its history (a plain dict of tensors).
-
-    An existing file at ``path`` is replaced in one step (written to a temporary name, then renamed).
-    Raises :class:`NeurosegInputError` if ``config`` does not describe ``model`` (it could not be rebuilt).
-
-    Returns
-    -------
-    Path
-    """
-    if isinstance(config, dict):
-        config = Train2DConfig.from_dict(config)
-    config.validate()
-    kind = model_kind(model)
-    reference = build_model_2d(config)
-    reference_shapes = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
-    model_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if kind != config.model or reference_shapes != model_shapes:
-        raise NeurosegInputError(
-            f"config describes {_describe(reference)} but the model is {_describe(model)}; pass the config "
-            "the model was trained with.")
-    path = Path(path)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = {"format": _CHECKPOINT_FORMAT, "kind": kind, "state_dict": state,
-               "config": dataclasses.asdict(config), "history": to_plain(history or {}),
-               "torch_version": str(torch.__version__)}
-    # Write then rename: a crash mid-save never leaves a half-written checkpoint in place of a good one.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(payload, temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
-
-
-def _describe(model) -> str:
-    if isinstance(model, PatchCNN):
-        return f"a 'patch' model with {model.in_channels} input channel(s)"
-    return (f"a 'unet2d' model with {model.in_channels} input channel(s), base_channels={model.base_channels}, "
-            f"depth={model.depth}")
-
-
-def load_2d(path, *, device="auto") -> tuple[torch.nn.Module, dict]:
-    """Load a :func:`save_2d` checkpoint.
-
-    Returns
-    -------
-    model : PatchCNN or UNet2D
-        In eval mode, on ``device``.
-    info : dict
-        ``"config"`` (Train2DConfig), ``"kind"``, ``"history"``, ``"path"``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no 2D checkpoint at {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle and zip errors differ by torch version; all mean "not ours"
-        raise NeurosegInputError(f"{path} is not a readable torch checkpoint ({err}).") from err
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != _CHECKPOINT_FORMAT:
-        raise NeurosegInputError(f"{path} is not a 2D pseudo-labeller checkpoint written by save_2d "
-                                 "(3D U-Net checkpoints load with neuroseg_lite.train.load_checkpoint).")
-    config = Train2DConfig.from_dict(checkpoint["config"])
-    if checkpoint["kind"] != config.model:
-        raise NeurosegInputError(f"{path}: checkpoint holds a {checkpoint['kind']!r} model but its config "
-                                 f"says model={config.model!r}; the file was edited or is corrupt.")
-    model = build_model_2d(config)
-    try:
-        model.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as err:
-        raise NeurosegInputError(
-            f"{path}: the saved weights do not fit the architecture its config describes (model="
-            f"{config.model!r}, context_planes={config.context_planes}, base_channels={config.base_channels}, "
-            f"depth={config.depth}): {err}") from err
-    device = select_device(device)
-    info = {"config": config, "kind": config.model, "history": checkpoint.get("history", {}), "path": path}
-    return model.to(device).eval(), info
+        f"expected a PatchCNN or UNet2D (TrainedModel.network of a 2D model), got {type(model).__name__}.")

@@ -1,15 +1,18 @@
-"""Random training patches for the 3D U-Net: where to cut them, and how to augment them.
+"""Random training samples for both networks: where to cut them, and how to augment them.
 
-Introduced in chapter 5 (``05_train_3d``), used by :func:`neuroseg_lite.train.train_3d` (and re-exported by
-:mod:`neuroseg_lite.train`).
+3D patches for the U-Net are introduced in chapter 5 (``05_train_3d``); the 2D pseudo-labeller's patch centres
+among annotated pixels and crops of annotated planes in chapter 3 (``03_train_2d``). Both are drawn by
+:mod:`neuroseg_lite.train`.
 """
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from neuroseg_lite._checks import NeurosegInputError
+from neuroseg_lite.models2d import PATCH_CENTRE, PATCH_SIZE, reflect_positions
 
-__all__ = ["augment_patch", "PatchSampler"]
+__all__ = ["augment_patch", "PatchSampler", "AnnotatedPixelSampler", "patch_batch_2d", "crop_batch_2d"]
 
 
 def augment_patch(image: np.ndarray, masks=(), *, rng: np.random.Generator, geometric: bool = True,
@@ -160,3 +163,122 @@ class PatchSampler:
         """``size`` patches stacked to arrays of shape (size, 1, z, y, x)."""
         patches = [self.sample() for _ in range(size)]
         return {key: np.stack([p[key] for p in patches])[:, None] for key in patches[0]}
+
+
+# ----------------------------------------------------------------------------- 2D: annotated pixels and slices
+
+def _gather_patches(volume: np.ndarray, z, y, x, *, context: int, size: int) -> np.ndarray:
+    """Cut (B, 1 + 2 * context, size, size) windows starting PATCH_CENTRE before each (y, x), reflected."""
+    offsets = np.arange(size) - PATCH_CENTRE
+    planes = reflect_positions(z[:, None] + np.arange(-context, context + 1), volume.shape[0])
+    rows = reflect_positions(y[:, None] + offsets, volume.shape[1])
+    cols = reflect_positions(x[:, None] + offsets, volume.shape[2])
+    return volume[planes[:, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def _dihedral(batch: np.ndarray, rng: np.random.Generator, *, allow_transpose: bool = True) -> np.ndarray:
+    """Random flip + quarter turn per sample on the last two axes (square inputs for odd turns)."""
+    out = batch.copy()
+    flip = rng.random(len(out)) < 0.5
+    out[flip] = out[flip][..., ::-1]
+    turns = rng.integers(0, 4, len(out)) if allow_transpose else 2 * rng.integers(0, 2, len(out))
+    for k in (1, 2, 3):
+        chosen = turns == k
+        if chosen.any():
+            out[chosen] = np.rot90(out[chosen], k, axes=(-2, -1))
+    return out
+
+
+def _jitter(batch: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    if strength <= 0:
+        return batch
+    shape = (len(batch),) + (1,) * (batch.ndim - 1)
+    gain = 1 + rng.uniform(-strength, strength, shape).astype(np.float32)
+    offset = rng.uniform(-strength, strength, shape).astype(np.float32)
+    return batch * gain + offset
+
+
+class AnnotatedPixelSampler:
+    """Draw patch centres among annotated voxels, foreground and background 50/50 when both exist.
+
+    Parameters
+    ----------
+    labels, annotated : list of bool ndarray of shape (Z, Y, X)
+    class_balance : bool
+        False draws uniformly over all annotated voxels instead.
+    """
+
+    def __init__(self, labels: list[np.ndarray], annotated: list[np.ndarray], *, class_balance: bool = True):
+        self.shapes = [mask.shape for mask in annotated]
+        # Flat indices per class and volume; int64 because real stacks exceed 2**31 voxels.
+        self.pools = {}
+        for cls in (0, 1):
+            per_volume = [np.flatnonzero(mask & (lab if cls else ~lab)) for lab, mask in zip(labels, annotated)]
+            self.pools[cls] = (per_volume, np.cumsum([len(p) for p in per_volume]))
+        self.counts = {cls: int(self.pools[cls][1][-1]) for cls in (0, 1)}
+        if self.counts[0] + self.counts[1] == 0:
+            raise NeurosegInputError("no voxel is annotated, so there is no patch centre to draw; "
+                                     "annotate at least one slice.")
+        self.class_balance = class_balance
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return ``(volume_index, zyx (n, 3), label (n,))`` for ``n`` centres."""
+        if self.class_balance and self.counts[0] and self.counts[1]:
+            classes = (np.arange(n) < n // 2 + rng.integers(0, 2) * (n % 2)).astype(np.int64)
+            rng.shuffle(classes)
+        else:
+            total = self.counts[0] + self.counts[1]
+            classes = (rng.random(n) < self.counts[1] / total).astype(np.int64)
+        volume_index = np.empty(n, np.int64)
+        zyx = np.empty((n, 3), np.int64)
+        for cls in (0, 1):
+            chosen = np.flatnonzero(classes == cls)
+            if not len(chosen):
+                continue
+            per_volume, cumulative = self.pools[cls]
+            draws = rng.integers(0, cumulative[-1], len(chosen))
+            vols = np.searchsorted(cumulative, draws, side="right")
+            starts = np.concatenate([[0], cumulative[:-1]])[vols]
+            for v in np.unique(vols):
+                here = vols == v
+                flat = per_volume[v][draws[here] - starts[here]]
+                zyx[chosen[here]] = np.stack(np.unravel_index(flat, self.shapes[v]), axis=1)
+            volume_index[chosen] = vols
+        return volume_index, zyx, classes
+
+
+def patch_batch_2d(volumes, sampler, rng, config):
+    """A batch of augmented 32x32 patches centred on annotated pixels, with their classes (the patch model)."""
+    vols, zyx, classes = sampler.sample(config.resolved_batch_size(), rng)
+    # 33x33 windows keep pixel (16, 16) fixed under flips and quarter turns; crop to 32 afterwards.
+    window = PATCH_SIZE + 1 if config.augment else PATCH_SIZE
+    batch = np.empty((len(vols), config.in_channels, window, window), np.float32)
+    for v in np.unique(vols):
+        here = vols == v
+        z, y, x = zyx[here].T
+        batch[here] = _gather_patches(volumes[v], z, y, x, context=config.context_planes, size=window)
+    if config.augment:
+        batch = _dihedral(batch, rng)[..., :PATCH_SIZE, :PATCH_SIZE]
+    batch = _jitter(batch, rng, config.intensity_jitter)
+    return torch.from_numpy(np.ascontiguousarray(batch)), torch.from_numpy(classes)
+
+
+def crop_batch_2d(volumes, labels, annotated, planes, rng, config, crop):
+    """A batch of augmented crops of annotated planes: images and (label, annotated) targets (the 2D U-Net)."""
+    n = config.resolved_batch_size()
+    picks = planes[rng.integers(0, len(planes), n)]
+    channels = np.arange(-config.context_planes, config.context_planes + 1)
+    images = np.empty((n, config.in_channels, *crop), np.float32)
+    targets = np.empty((n, 2, *crop), np.float32)  # channel 0: label, 1: annotated
+    for i, (v, z) in enumerate(picks):
+        y0 = rng.integers(0, volumes[v].shape[1] - crop[0] + 1)
+        x0 = rng.integers(0, volumes[v].shape[2] - crop[1] + 1)
+        window = (slice(y0, y0 + crop[0]), slice(x0, x0 + crop[1]))
+        images[i] = volumes[v][(reflect_positions(z + channels, volumes[v].shape[0]), *window)]
+        targets[i, 0] = labels[v][z][window]
+        targets[i, 1] = annotated[v][z][window]
+    if config.augment:
+        both = _dihedral(np.concatenate([images, targets], axis=1), rng, allow_transpose=crop[0] == crop[1])
+        images, targets = both[:, :config.in_channels], both[:, config.in_channels:]
+    images = _jitter(images, rng, config.intensity_jitter)
+    return torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(np.ascontiguousarray(targets))

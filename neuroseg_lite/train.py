@@ -1,200 +1,69 @@
-"""Training the 3D U-Net on sparse manual labels plus pseudo-labels, and saving/loading checkpoints.
+"""Training both networks: the 2D pseudo-labeller on annotated pixels, the 3D U-Net on sparse labels + pseudo-labels.
 
-Introduced in chapter 5 (``05_train_3d``).
+The 2D network is introduced in chapter 3 (``03_train_2d``), the 3D U-Net in chapter 5 (``05_train_3d``).
+:func:`train_2d` and :func:`train_3d` take the same arguments: raw image stacks, one sparse annotation object
+per stack (:class:`neuroseg_lite.sparse.SparseLabels`), a config and an intensity normalisation, which they
+apply themselves. Both return a :class:`neuroseg_lite.checkpoint.TrainedModel` whose history has the same keys
+and units, follow the same learning-rate schedule (:func:`learning_rate`) and score validation with
+:func:`neuroseg_lite.metrics.dice`.
 
-The loop samples random patches (optionally centred near annotated foreground; :mod:`neuroseg_lite.patches`),
+The 3D loop samples random patches (optionally centred near annotated foreground; :mod:`neuroseg_lite.patches`),
 augments them, and minimises :func:`neuroseg_lite.losses.weighted_bce` (weight 1 on annotated voxels, lambda on
 pseudo-labelled ones) with Adam. Two details are there because sparse training is unstable: in a quick probe
 the Dice of a sparsely trained 3D model swung by up to 0.15 from one checkpoint to the next. The learning rate
 therefore warms up linearly and then follows a cosine decay, and the returned model is the uniform average of
 the weights seen during the last ``average_fraction`` of the steps (as in stochastic weight averaging, Izmailov
 et al. 2018), with the batch-norm statistics re-estimated for the averaged weights. Either can be switched off
-in :class:`TrainConfig`.
+in :class:`~neuroseg_lite.trainconfig.TrainConfig`.
 """
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+import warnings
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from neuroseg_lite._checks import NeurosegInputError, check_image_values, check_same_shape, check_volume
-from neuroseg_lite.losses import NORMALIZATIONS, lambda_schedule, pseudo_targets, weighted_bce
-from neuroseg_lite.patches import PatchSampler, augment_patch
+from neuroseg_lite._checks import NeurosegInputError, check_mask, check_same_shape, check_volume
+from neuroseg_lite.checkpoint import TrainedModel
+from neuroseg_lite.infer import predict_volume
+from neuroseg_lite.intensity import IntensityNormalization
+from neuroseg_lite.losses import lambda_schedule, pseudo_targets, weighted_bce
+from neuroseg_lite.metrics import dice
+from neuroseg_lite.models2d import PRESETS_2D, Train2DConfig, build_model_2d
+from neuroseg_lite.patches import AnnotatedPixelSampler, PatchSampler, crop_batch_2d, patch_batch_2d
+from neuroseg_lite.pseudolabel import predict_planes
+from neuroseg_lite.trainconfig import PRESETS_3D, TrainConfig, make_train_config
 from neuroseg_lite.unet3d import UNet3D, UNet3DConfig, required_divisor
-from neuroseg_lite.utils import seed_everything, select_device, to_plain
+from neuroseg_lite.utils import seed_everything, select_device
 
 __all__ = [
     "TrainConfig",
     "PRESETS_3D",
     "make_train_config",
+    "Train2DConfig",
+    "PRESETS_2D",
     "learning_rate",
-    "PatchSampler",
-    "augment_patch",
-    "TrainResult",
+    "training_targets",
+    "train_2d",
     "train_3d",
-    "save_checkpoint",
-    "load_checkpoint",
-    "DEFAULT_INTENSITY_NORMALIZATION",
-    "CHECKPOINT_FORMAT",
 ]
 
-CHECKPOINT_FORMAT = "neuroseg_lite.unet3d"
-CHECKPOINT_VERSION = 1
-# What the caller is expected to have done to every image (neuroseg_lite.io.normalize_percentile defaults);
-# stored in checkpoints so that inference on new stacks can repeat it.
-DEFAULT_INTENSITY_NORMALIZATION = {"method": "percentile", "low": 1.0, "high": 99.8}
 
+def learning_rate(step: int, config) -> float:
+    """Learning rate at ``step`` (0-based): linear warm-up, then cosine decay to ``lr * min_lr_fraction``.
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that controls :func:`train_3d`.
+    The one schedule of both networks; ``config`` is a TrainConfig or a Train2DConfig (``lr``, ``steps``,
+    ``warmup_fraction``, ``min_lr_fraction``).
 
-    Parameters
-    ----------
-    patch_size : tuple of 3 int
-        (z, y, x) size of training patches; multiples of the model's ``required_divisor``.
-    batch_size : int
-        Patches per step.
-    steps : int
-        Optimiser steps.
-    lr : float
-        Peak learning rate of Adam.
-    weight_decay : float
-        Adam's L2 penalty.
-    warmup_fraction : float
-        Fraction of the steps over which the learning rate rises linearly to ``lr``.
-    min_lr_fraction : float
-        The cosine decay ends at ``lr * min_lr_fraction``. Warm-up and decay are there because sparse training
-        swings between checkpoints; a decaying rate lets the last checkpoints settle.
-    average : {"swa", "none"}
-        ``"swa"``: return the uniform average of the weights of every step in the last ``average_fraction`` of
-        training (batch-norm statistics re-estimated on ``bn_refresh_batches`` training batches); it smooths the
-        checkpoint-to-checkpoint swings. ``"none"``: return the final weights.
-    average_fraction : float in (0, 1]
-    bn_refresh_batches : int
-        Batches used to re-estimate batch-norm statistics of the averaged model.
-    lam : float
-        Weight of pseudo-labelled voxels (lambda of Eq. 1); ignored when no pseudo-labels are given.
-    normalization : {"paper", "global"}
-        Loss normalisation, see :func:`neuroseg_lite.losses.weighted_bce`.
-    pseudo_mode : {"hard", "soft"}
-    confidence : float, optional
-        Drop pseudo-labels with ``max(p, 1 - p) < confidence``.
-    rampup : tuple (t1, t2) of int, optional
-        Lee's linear ramp of lambda from 0 (before step t1) to ``lam`` (at step t2); None for a constant lambda.
-    foreground_fraction : float in [0, 1]
-        Probability that a patch is centred near an annotated foreground voxel instead of anywhere.
-    augment : bool
-        Random flips on all axes, in-plane 90 degree rotations, intensity scale/shift/gamma.
-    amp : bool
-        Mixed precision (float16 autocast + gradient scaling); used only on CUDA.
-    channels_last : bool
-        Run the network in ``torch.channels_last_3d`` memory format (faster convolutions on recent CPUs and GPUs).
-    val_every : int
-        Validation Dice every this many steps (0: only at the end); needs ``val`` in :func:`train_3d`.
-    val_tile : tuple of 3 int, optional
-        Tile for validation inference; None uses ``patch_size``.
-    log_every : int
-        Steps between entries of the history (loss averaged over the interval).
-    seed : int
-    num_threads : int, optional
-        CPU threads for torch during training (restored afterwards); None leaves torch's setting.
+    Examples
+    --------
+    >>> config = TrainConfig(steps=101, lr=1e-3, warmup_fraction=0.0, min_lr_fraction=0.1)
+    >>> learning_rate(0, config), round(learning_rate(100, config), 6)
+    (0.001, 0.0001)
     """
-
-    patch_size: tuple[int, int, int] = (16, 64, 64)
-    batch_size: int = 2
-    steps: int = 500
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_fraction: float = 0.05
-    min_lr_fraction: float = 0.02
-    average: str = "swa"
-    average_fraction: float = 0.25
-    bn_refresh_batches: int = 8
-    lam: float = 0.5
-    normalization: str = "paper"
-    pseudo_mode: str = "hard"
-    confidence: float | None = None
-    rampup: tuple[int, int] | None = None
-    foreground_fraction: float = 0.5
-    augment: bool = True
-    amp: bool = True
-    channels_last: bool = True
-    val_every: int = 100
-    val_tile: tuple[int, int, int] | None = None
-    log_every: int = 10
-    seed: int = 0
-    num_threads: int | None = None
-
-    def __post_init__(self):
-        def fail(message):
-            raise NeurosegInputError(f"TrainConfig: {message}")
-
-        if len(tuple(self.patch_size)) != 3 or min(self.patch_size) < 1:
-            fail(f"patch_size must be three positive integers (z, y, x), got {self.patch_size!r}.")
-        object.__setattr__(self, "patch_size", tuple(int(s) for s in self.patch_size))
-        if self.batch_size < 1 or self.steps < 1:
-            fail(f"batch_size and steps must be >= 1, got {self.batch_size} and {self.steps}.")
-        if not self.lr > 0:
-            fail(f"lr must be > 0, got {self.lr}.")
-        if not 0 <= self.warmup_fraction < 1 or not 0 <= self.min_lr_fraction <= 1:
-            fail("warmup_fraction must be in [0, 1) and min_lr_fraction in [0, 1].")
-        if self.average not in ("swa", "none"):
-            fail(f"average must be 'swa' or 'none', got {self.average!r}.")
-        if not 0 < self.average_fraction <= 1:
-            fail(f"average_fraction must be in (0, 1], got {self.average_fraction}.")
-        if not (math.isfinite(self.lam) and self.lam >= 0):
-            fail(f"lam must be finite and >= 0, got {self.lam}.")
-        if self.normalization not in NORMALIZATIONS:
-            fail(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}.")
-        if self.pseudo_mode not in ("hard", "soft"):
-            fail(f"pseudo_mode must be 'hard' or 'soft', got {self.pseudo_mode!r}.")
-        if self.rampup is not None:
-            t1, t2 = (int(t) for t in self.rampup)
-            if not 0 <= t1 <= t2:
-                fail(f"rampup must be (t1, t2) with 0 <= t1 <= t2, got {self.rampup!r}.")
-            object.__setattr__(self, "rampup", (t1, t2))
-        if not 0 <= self.foreground_fraction <= 1:
-            fail(f"foreground_fraction must be in [0, 1], got {self.foreground_fraction}.")
-        if self.val_every < 0 or self.log_every < 1:
-            fail("val_every must be >= 0 and log_every >= 1.")
-        if self.val_tile is not None:
-            object.__setattr__(self, "val_tile", tuple(int(s) for s in self.val_tile))
-
-
-# "cpu" is sized for about 2 minutes of training on 2 CPU cores with the default UNet3DConfig (1.4 M parameters).
-# benchmarks/bench_train3d.py measured one step (16x64x64 patches, batch 2, sampling and augmentation included) at
-# about 0.16 s with 2 threads on an idle 2-core machine, and 0.45-0.5 s with 1 thread while other jobs shared the
-# cores (2 threads were then 4x slower still: OpenMP threads wait for each other; set num_threads=1 on a busy
-# machine). Validating a 64x256x256 volume with 16x64x64 tiles costs about 10 s, hence the sparse val_every.
-PRESETS_3D: dict[str, TrainConfig] = {
-    "smoke": TrainConfig(patch_size=(8, 32, 32), batch_size=2, steps=12, val_every=6, log_every=2,
-                         warmup_fraction=0.1, bn_refresh_batches=2),
-    "cpu": TrainConfig(patch_size=(16, 64, 64), batch_size=2, steps=600, val_every=300, log_every=10),
-    "gpu": TrainConfig(patch_size=(16, 128, 128), batch_size=8, steps=4000, val_every=250, log_every=25,
-                       val_tile=(32, 128, 128), bn_refresh_batches=16),
-}
-
-
-def make_train_config(preset: str = "cpu", **overrides) -> TrainConfig:
-    """Return ``PRESETS_3D[preset]`` with some fields replaced, e.g. ``make_train_config("cpu", lam=0.25)``."""
-    if preset not in PRESETS_3D:
-        raise NeurosegInputError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS_3D)}.")
-    valid = set(asdict(PRESETS_3D[preset]))
-    unknown = sorted(set(overrides) - valid)
-    if unknown:
-        raise NeurosegInputError(f"unknown TrainConfig field(s) {unknown}; valid fields: {sorted(valid)}.")
-    return replace(PRESETS_3D[preset], **overrides)
-
-
-def learning_rate(step: int, config: TrainConfig) -> float:
-    """Learning rate at ``step`` (0-based): linear warm-up, then cosine decay to ``lr * min_lr_fraction``."""
     warmup = round(config.warmup_fraction * config.steps)
     if step < warmup:
         return config.lr * (step + 1) / warmup
@@ -203,29 +72,247 @@ def learning_rate(step: int, config: TrainConfig) -> float:
     return low + (config.lr - low) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-# --------------------------------------------------------------------------------------------- training
+# --------------------------------------------------------------------------------------------- inputs
 
 
-@dataclass
-class TrainResult:
-    """What :func:`train_3d` returns.
+def _as_list(values, *, single) -> list:
+    return [values] if isinstance(values, single) else list(values)
 
-    Attributes
+
+def _checked_inputs(images, annotations, intensity: IntensityNormalization, *, who: str):
+    """Normalised images and the bool labels/annotated masks of each stack, checked against each other."""
+    images = _as_list(images, single=np.ndarray)
+    annotations = _as_list(annotations, single=object) if hasattr(annotations, "annotated") else list(annotations)
+    if not images or len(images) != len(annotations):
+        raise NeurosegInputError(
+            f"{who} got {len(images)} image(s) and {len(annotations)} annotation(s); pass one SparseLabels "
+            "(neuroseg_lite.sparse.simulate_sparse or from_planes) per image, in the same order.")
+    volumes, labels, annotated = [], [], []
+    for i, (image, annotation) in enumerate(zip(images, annotations)):
+        if not (hasattr(annotation, "labels") and hasattr(annotation, "annotated")):
+            raise NeurosegInputError(
+                f"annotations[{i}] has no .labels/.annotated; pass SparseLabels from neuroseg_lite.sparse "
+                "(simulate_sparse, or from_planes for your own annotated planes).")
+        volume = intensity.apply(image, name=f"images[{i}]")
+        label, mask = (check_mask(annotation.labels, name=f"annotations[{i}].labels"),
+                       check_mask(annotation.annotated, name=f"annotations[{i}].annotated"))
+        check_same_shape(volume, label, names=(f"images[{i}]", f"annotations[{i}].labels"))
+        check_same_shape(volume, mask, names=(f"images[{i}]", f"annotations[{i}].annotated"))
+        volumes.append(volume)
+        labels.append(label)
+        annotated.append(mask)
+    if not any(mask.any() for mask in annotated):
+        raise NeurosegInputError("no voxel is annotated in any volume (every .annotated mask is False); "
+                                 "annotate at least one plane.")
+    return volumes, labels, annotated
+
+
+def _checked_val(val, intensity: IntensityNormalization):
+    if val is None:
+        return None
+    image, truth = val
+    image = intensity.apply(image, name="val image")
+    truth = check_mask(truth, name="val labels")
+    check_same_shape(image, truth, names=("val image", "val labels"))
+    return image, truth
+
+
+def training_targets(labels, annotated, pseudo, config: TrainConfig):
+    """The 3D U-Net's target and pseudo-label mask for one volume (chapter 5).
+
+    Parameters
     ----------
-    model : UNet3D
-        The trained (weight-averaged unless ``average="none"``) model, in eval mode.
-    history : dict of lists
-        "step", "loss" (mean over the logging interval), "lr", "lam", "seconds" (training time so far, validation
-        excluded); "val_step", "val_dice", "val_seconds". The last validation entry (at ``val_step == steps``)
-        scores the returned model; the earlier ones score the weights of that moment.
-    model_config : UNet3DConfig
-    train_config : TrainConfig
-    """
+    labels, annotated : bool ndarray of shape (Z, Y, X)
+        Manual labels (read where ``annotated``) and the annotated voxels.
+    pseudo : float ndarray of shape (Z, Y, X), optional
+        2D pseudo-label probabilities; None for sparse (or dense) training.
+    config : TrainConfig
+        Its ``pseudo_mode``, ``confidence`` and ``lam`` are used.
 
-    model: UNet3D
-    history: dict = field(default_factory=dict)
-    model_config: UNet3DConfig | None = None
-    train_config: TrainConfig | None = None
+    Returns
+    -------
+    target : float32 ndarray of shape (Z, Y, X)
+        Manual label on annotated voxels, pseudo-label (hard or soft) on pseudo-labelled ones, 0 elsewhere.
+    pseudo_mask : bool ndarray of shape (Z, Y, X) or None
+        Voxels whose loss is weighted by lambda; None without pseudo-labels or with ``lam == 0``.
+    """
+    labels, annotated = check_mask(labels, name="labels"), check_mask(annotated, name="annotated")
+    if pseudo is None:
+        return (labels & annotated).astype(np.float32), None
+    target, pseudo_mask = pseudo_targets(labels, annotated, pseudo, mode=config.pseudo_mode,
+                                         confidence=config.confidence)
+    # lambda 0 is sparse training: patches without annotation would carry no loss
+    return target, (None if config.lam == 0 else pseudo_mask)
+
+
+# --------------------------------------------------------------------------------------------- the loop
+
+
+def _fit(step, *, config, desc: str, progress: bool, validate=None, extras=()) -> dict:
+    """Run ``step(i, lr) -> (loss tensor, extras dict)`` for every step; return the history.
+
+    Losses are averaged over ``config.log_every`` steps (one device sync per interval); ``validate(history)``
+    runs every ``config.val_every`` steps before the last (the last one is the caller's, after any averaging).
+    """
+    from tqdm.auto import tqdm
+
+    history = {key: [] for key in ("step", "loss", "lr", *extras, "seconds")}
+    if validate is not None:
+        history.update(val_step=[], val_dice=[], val_seconds=[])
+    elapsed, losses = 0.0, []
+    with tqdm(total=config.steps, disable=not progress, desc=desc, unit="step") as bar:
+        for i in range(config.steps):
+            started = time.perf_counter()
+            lr = learning_rate(i, config)
+            loss, values = step(i, lr)
+            losses.append(loss)
+            done = i + 1
+            logging = done % config.log_every == 0 or done == config.steps
+            if logging:
+                mean_loss = float(torch.stack(losses).mean())
+                losses.clear()
+            elapsed += time.perf_counter() - started
+            if logging:
+                for key, value in (("step", done), ("loss", mean_loss), ("lr", lr), *values.items()):
+                    history[key].append(value)
+                history["seconds"].append(round(elapsed, 3))
+                bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
+            bar.update(1)
+            if validate is not None and config.val_every and done % config.val_every == 0 and done < config.steps:
+                validate(history, done, elapsed)
+    return history
+
+
+def _record_validation(history: dict, step: int, elapsed: float, score: float) -> None:
+    history["val_step"].append(step)
+    history["val_dice"].append(score)
+    history["val_seconds"].append(round(elapsed, 3))
+
+
+class _ThreadLimit:
+    """Set torch's CPU threads for a block (None: leave them), restoring the previous number afterwards."""
+
+    def __init__(self, threads):
+        self.threads, self.previous = threads, torch.get_num_threads()
+
+    def __enter__(self):
+        if self.threads:
+            torch.set_num_threads(int(self.threads))
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.previous)
+
+
+# --------------------------------------------------------------------------------------------- 2D
+
+
+def _masked_bce(logits, targets, class_weights):
+    label, mask = targets[:, :1], targets[:, 1:]
+    weight = mask * torch.where(label > 0.5, class_weights[1], class_weights[0])
+    loss = F.binary_cross_entropy_with_logits(logits.float(), label, reduction="none")
+    return (loss * weight).sum() / weight.sum().clamp_min(1e-8)
+
+
+def train_2d(images, annotations, *, config: Train2DConfig | None = None,
+             intensity_normalization: IntensityNormalization | None = None, spacing=None, val=None,
+             device="auto", progress: bool = True) -> TrainedModel:
+    """Train the 2D pseudo-labeller on the annotated voxels of one or more stacks.
+
+    Parameters
+    ----------
+    images : ndarray of shape (Z, Y, X), or a list of them
+        Raw intensities; volumes may differ in shape. Normalised here by ``intensity_normalization``.
+    annotations : SparseLabels or list of SparseLabels
+        One per image, annotated along axis 0 (z-planes).
+    config : Train2DConfig, optional
+        Default ``PRESETS_2D["cpu"]``.
+    intensity_normalization : IntensityNormalization, optional
+        Default: percentiles 1 and 99.8 mapped to 0 and 1.
+    spacing : tuple of 3 float, optional
+        Voxel size (z, y, x) in micrometres, stored with the model.
+    val : tuple (raw image, labels) of (Z, Y, X) arrays, optional
+        A densely labelled volume: Dice (:func:`neuroseg_lite.metrics.dice`) on up to ``config.val_planes``
+        z-planes every ``config.val_every`` steps and at the end.
+    device : {"auto", "cpu", "cuda", "mps"} or torch.device
+    progress : bool
+        Show a tqdm bar with the running loss.
+
+    Returns
+    -------
+    TrainedModel
+        ``kind="model2d"``, network in eval mode on ``device``.
+    """
+    config = (config or PRESETS_2D["cpu"]).validate()
+    intensity = intensity_normalization or IntensityNormalization()
+    annotations = _as_list(annotations, single=object) if hasattr(annotations, "annotated") else list(annotations)
+    for i, annotation in enumerate(annotations):
+        if int(getattr(annotation, "axis", 0)) != 0:
+            raise NeurosegInputError(
+                f"annotations[{i}] was annotated along axis {annotation.axis}, but the 2D model learns from and "
+                "predicts XY planes (axis 0). Annotate z-planes, or move the annotated axis to the front of image "
+                f"and labels alike (np.moveaxis(a, {annotation.axis}, 0)) and the prediction back afterwards.")
+    volumes, labels, annotated = _checked_inputs(images, annotations, intensity, who="train_2d")
+    val = _checked_val(val, intensity)
+    device = select_device(device)
+    rng = seed_everything(config.seed)
+    network = build_model_2d(config).to(device)
+
+    n_foreground = sum(int((lab & mask).sum()) for lab, mask in zip(labels, annotated))
+    n_annotated = sum(int(mask.sum()) for mask in annotated)
+    if n_foreground in (0, n_annotated):
+        warnings.warn(f"every annotated voxel is {'background' if n_foreground == 0 else 'foreground'}; the "
+                      "2D model can only learn that one class. Annotate slices that contain both.", stacklevel=2)
+    if config.model == "patch":
+        sampler = AnnotatedPixelSampler(labels, annotated, class_balance=config.class_balance)
+    else:
+        planes = np.array([(v, z) for v, mask in enumerate(annotated) for z in np.flatnonzero(mask.any(axis=(1, 2)))])
+        crop = (min(config.patch_size, *(v.shape[1] for v in volumes)),
+                min(config.patch_size, *(v.shape[2] for v in volumes)))
+        fraction = n_foreground / n_annotated
+        balanced = config.class_balance and 0 < fraction < 1
+        class_weights = torch.tensor([0.5 / (1 - fraction), 0.5 / fraction] if balanced else [1.0, 1.0],
+                                     device=device)
+    optimizer = torch.optim.Adam(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    use_amp = config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    def step(_, lr):
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        if config.model == "patch":
+            inputs, targets = patch_batch_2d(volumes, sampler, rng, config)
+        else:
+            inputs, targets = crop_batch_2d(volumes, labels, annotated, planes, rng, config, crop)
+        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            logits = network(inputs)
+        if config.model == "patch":
+            loss = F.cross_entropy(logits.float(), targets)
+        else:
+            loss = _masked_bce(logits, targets, class_weights)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return loss.detach(), {}
+
+    def validate(history, done, elapsed):
+        image, truth = val
+        planes_val = np.unique(np.linspace(0, image.shape[0] - 1, config.val_planes).round().astype(int))
+        probability = predict_planes(network, image, planes_val, batch_size=8, device=device)
+        _record_validation(history, done, elapsed, dice(probability, truth[planes_val]))
+        network.train()
+
+    network.train()
+    history = _fit(step, config=config, desc=f"train 2D ({config.model})", progress=progress,
+                   validate=None if val is None else validate)
+    if val is not None:
+        validate(history, config.steps, history["seconds"][-1])
+    return TrainedModel(network=network.eval(), kind="model2d", model_config=config.model_config,
+                        train_config=config, intensity_normalization=intensity, spacing=spacing, history=history)
+
+
+# --------------------------------------------------------------------------------------------- 3D
 
 
 class _WeightAverage:
@@ -250,7 +337,7 @@ class _WeightAverage:
 
 
 class _Trainer:
-    """One training run's state; ``step`` is exactly what :func:`train_3d` does per iteration."""
+    """One 3D training run's state; ``step`` is exactly what :func:`train_3d` does per iteration."""
 
     def __init__(self, sampler: PatchSampler, model: UNet3D, config: TrainConfig, device: torch.device):
         self.sampler, self.config, self.device = sampler, config, device
@@ -280,22 +367,21 @@ class _Trainer:
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
             logits = self.model(batch["image"])
         loss = weighted_bce(logits, batch["target"], batch["annotated"], lam=lam, pseudo_mask=batch["pseudo"],
-                            normalization=self.config.normalization)
+                            loss_normalization=self.config.loss_normalization)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss.detach()
 
-    def step(self, step: int) -> tuple[torch.Tensor, float, float]:
+    def step(self, step: int, lr: float) -> tuple[torch.Tensor, dict]:
         """Set the learning rate, sample and augment a batch, optimise, update the weight average."""
-        lr = learning_rate(step, self.config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         lam = self.lam_at(step)
         loss = self.optimize(self.next_batch(), lam)
         if self.average is not None and step >= self.average_start:
             self.average.update(self.model)
-        return loss, lr, lam
+        return loss, {"lam": lam}
 
     @torch.no_grad()
     def finish(self) -> None:
@@ -318,75 +404,8 @@ class _Trainer:
             m.momentum = momentum
 
 
-def _as_volume_list(values) -> list:
-    if values is None:
-        return []
-    if isinstance(values, (np.ndarray, torch.Tensor)) and np.ndim(values) == 3:
-        return [values]
-    return list(values)
-
-
-def _bool_volume(array, *, name: str) -> np.ndarray:
-    arr = check_volume(array, name=name)
-    if arr.dtype == bool:
-        return arr
-    if not np.isin(np.unique(arr), (0, 1)).all():
-        raise NeurosegInputError(
-            f"{name} must be boolean (or 0/1); got other values. For instance labels use "
-            f"neuroseg_lite.io.binarize_labels({name}).")
-    return arr.astype(bool)
-
-
-def _prepare_volumes(images, labels, annotated, pseudo, config: TrainConfig):
-    images = _as_volume_list(images)
-    labels = _as_volume_list(labels)
-    annotated = _as_volume_list(annotated)
-    pseudo = None if pseudo is None else _as_volume_list(pseudo)
-    counts = [len(images), len(labels), len(annotated)] + ([] if pseudo is None else [len(pseudo)])
-    if not images or len(set(counts)) != 1:
-        raise NeurosegInputError(
-            f"train_3d needs one labels, annotated (and pseudo) volume per image, at least one image; got "
-            f"{len(images)} images, {len(labels)} labels, {len(annotated)} annotated"
-            + ("" if pseudo is None else f", {len(pseudo)} pseudo") + ".")
-    out_images, targets, ann_masks, pseudo_masks = [], [], [], []
-    for i, image in enumerate(images):
-        image = check_volume(image, name=f"images[{i}]")
-        if not np.issubdtype(image.dtype, np.floating):
-            raise NeurosegInputError(
-                f"images[{i}] has dtype {image.dtype}; train_3d expects normalised float32 intensities. Use "
-                "neuroseg_lite.io.normalize_percentile(image) first.")
-        check_image_values(image, name=f"images[{i}]")
-        lab = _bool_volume(labels[i], name=f"labels[{i}]")
-        ann = _bool_volume(annotated[i], name=f"annotated[{i}]")
-        check_same_shape(image, lab, names=(f"images[{i}]", f"labels[{i}]"))
-        check_same_shape(image, ann, names=(f"images[{i}]", f"annotated[{i}]"))
-        if pseudo is None:
-            target, pmask = (lab & ann).astype(np.float32), None
-        else:
-            check_same_shape(image, np.asarray(pseudo[i]), names=(f"images[{i}]", f"pseudo[{i}]"))
-            target, pmask = pseudo_targets(lab, ann, pseudo[i], mode=config.pseudo_mode,
-                                           confidence=config.confidence)
-            if config.lam == 0:
-                pmask = None  # lambda 0 is sparse training: patches without annotation would carry no loss
-        out_images.append(image.astype(np.float32, copy=False))
-        targets.append(target)
-        ann_masks.append(ann)
-        pseudo_masks.append(pmask)
-    if not any(a.any() for a in ann_masks):
-        raise NeurosegInputError("no voxel is annotated in any volume; pass the annotated mask of the sparse labels.")
-    return out_images, targets, ann_masks, pseudo_masks
-
-
-def _dice(probability: np.ndarray, truth: np.ndarray) -> float:
-    pred = probability > 0.5
-    denominator = int(pred.sum()) + int(truth.sum())
-    if denominator == 0:
-        return 1.0
-    return 2.0 * int(np.logical_and(pred, truth).sum()) / denominator
-
-
-def _build_trainer(images, labels, annotated, *, pseudo, config: TrainConfig, model_config: UNet3DConfig,
-                   device: torch.device) -> _Trainer:
+def _build_trainer(images, annotations, *, pseudo, config: TrainConfig, model_config: UNet3DConfig,
+                   intensity: IntensityNormalization, device: torch.device) -> _Trainer:
     """Check inputs, seed, build the sampler and model; shared by :func:`train_3d` and the benchmark."""
     if model_config.in_channels != 1:
         raise NeurosegInputError(
@@ -398,255 +417,80 @@ def _build_trainer(images, labels, annotated, *, pseudo, config: TrainConfig, mo
         raise NeurosegInputError(
             f"patch_size {config.patch_size} is not a multiple of the model's required divisor {divisor}; use e.g. "
             f"patch_size={fixed}.")
-    volumes, targets, ann_masks, pseudo_masks = _prepare_volumes(images, labels, annotated, pseudo, config)
+    volumes, labels, annotated = _checked_inputs(images, annotations, intensity, who="train_3d")
+    if pseudo is not None:
+        pseudo = _as_list(pseudo, single=np.ndarray)
+        if len(pseudo) != len(volumes):
+            raise NeurosegInputError(f"train_3d got {len(pseudo)} pseudo-label volume(s) for {len(volumes)} "
+                                     "image(s); pass one per image (or pseudo=None).")
+        for i, (volume, probability) in enumerate(zip(volumes, pseudo)):
+            check_same_shape(volume, check_volume(probability, name=f"pseudo[{i}]"),
+                             names=(f"images[{i}]", f"pseudo[{i}]"))
+    targets, pseudo_masks = zip(*(training_targets(lab, ann, None if pseudo is None else pseudo[i], config)
+                                  for i, (lab, ann) in enumerate(zip(labels, annotated))))
     rng = seed_everything(config.seed)
-    sampler = PatchSampler(volumes, targets, ann_masks, pseudo_masks=pseudo_masks, patch_size=config.patch_size,
-                           foreground_fraction=config.foreground_fraction, augment=config.augment, rng=rng)
+    sampler = PatchSampler(volumes, list(targets), annotated, pseudo_masks=list(pseudo_masks),
+                           patch_size=config.patch_size, foreground_fraction=config.foreground_fraction,
+                           augment=config.augment, rng=rng)
     return _Trainer(sampler, UNet3D(model_config), config, device)
 
 
-def train_3d(images, labels, annotated, *, pseudo=None, config: TrainConfig | None = None,
-             model_config: UNet3DConfig | None = None, val=None, device="auto", checkpoint_path=None,
-             progress: bool = True, intensity_normalization: dict | None = None) -> TrainResult:
+def train_3d(images, annotations, *, pseudo=None, config: TrainConfig | None = None,
+             model_config: UNet3DConfig | None = None, intensity_normalization: IntensityNormalization | None = None,
+             spacing=None, val=None, device="auto", progress: bool = True) -> TrainedModel:
     """Train a 3D U-Net on sparse manual labels, optionally with pseudo-labels.
 
     Parameters
     ----------
-    images : list of ndarray of shape (Z, Y, X), float
-        Normalised intensities (``neuroseg_lite.io.normalize_percentile``); one array is accepted too.
-    labels : list of ndarray of shape (Z, Y, X), bool
-        Manual labels, read only where ``annotated`` is True.
-    annotated : list of ndarray of shape (Z, Y, X), bool
-        Annotated voxels (e.g. ``SparseLabels.annotated``). All True gives dense training, the upper bound.
+    images : ndarray of shape (Z, Y, X), or a list of them
+        Raw intensities, normalised here by ``intensity_normalization``.
+    annotations : SparseLabels or list of SparseLabels
+        One per image (:mod:`neuroseg_lite.sparse`); every plane annotated gives dense training, the upper
+        bound.
     pseudo : list of ndarray of shape (Z, Y, X), float in [0, 1], optional
         Pseudo-label probabilities from the 2D network. None trains sparsely (Cicek's lambda = 0 baseline).
     config : TrainConfig, optional
         Default ``PRESETS_3D["cpu"]``.
     model_config : UNet3DConfig, optional
         Default ``UNet3DConfig()``.
-    val : tuple (image, labels), optional
-        A held-out normalised volume and its dense boolean labels, scored by voxel Dice at threshold 0.5 every
-        ``config.val_every`` steps and at the end (sliding-window ``predict_volume``).
+    intensity_normalization : IntensityNormalization, optional
+        Default: percentiles 1 and 99.8 mapped to 0 and 1.
+    spacing : tuple of 3 float, optional
+        Voxel size (z, y, x) in micrometres, stored with the model.
+    val : tuple (raw image, labels), optional
+        A held-out volume and its dense labels, scored by :func:`neuroseg_lite.metrics.dice` every
+        ``config.val_every`` steps and at the end (sliding-window prediction).
     device : {"auto", "cpu", "cuda", "mps"} or torch.device
-    checkpoint_path : str or Path, optional
-        Where to save the final model (see :func:`save_checkpoint`); an existing file is replaced atomically.
     progress : bool
         Show a tqdm bar with the running loss.
-    intensity_normalization : dict, optional
-        How the images were normalised, stored in the checkpoint; default ``DEFAULT_INTENSITY_NORMALIZATION``.
 
     Returns
     -------
-    TrainResult
+    TrainedModel
+        ``kind="unet3d"``: the (weight-averaged unless ``average="none"``) network in eval mode. Its history
+        also records "lam" per logged step; the last validation entry scores the returned weights.
     """
-    from tqdm.auto import tqdm
-
     config = config or PRESETS_3D["cpu"]
     model_config = model_config or UNet3DConfig()
+    intensity = intensity_normalization or IntensityNormalization()
     device = select_device(device)
-    if val is not None:
-        val_image, val_truth = val
-        val_image = check_volume(val_image, name="val image")
-        if not np.issubdtype(val_image.dtype, np.floating):
-            raise NeurosegInputError(
-                f"val image has dtype {val_image.dtype}; normalise it like the training images "
-                "(neuroseg_lite.io.normalize_percentile).")
-        val_truth = _bool_volume(val_truth, name="val labels")
-        check_same_shape(val_image, val_truth, names=("val image", "val labels"))
-    old_threads = torch.get_num_threads()
-    if config.num_threads:
-        torch.set_num_threads(int(config.num_threads))
-    try:
-        trainer = _build_trainer(images, labels, annotated, pseudo=pseudo, config=config,
-                                 model_config=model_config, device=device)
-        history = {key: [] for key in ("step", "loss", "lr", "lam", "seconds", "val_step", "val_dice",
-                                       "val_seconds")}
-        elapsed = 0.0
+    val = _checked_val(val, intensity)
+    with _ThreadLimit(config.num_threads):
+        trainer = _build_trainer(images, annotations, pseudo=pseudo, config=config, model_config=model_config,
+                                 intensity=intensity, device=device)
 
-        def validate(step: int) -> None:
-            from neuroseg_lite.infer import predict_volume
-
-            prob = predict_volume(trainer.model, val_image, tile=config.val_tile or config.patch_size,
-                                  batch_size=config.batch_size, device=device)
+        def validate(history, done, elapsed):
+            probability = predict_volume(trainer.model, val[0], tile=config.val_tile or config.patch_size,
+                                         batch_size=config.batch_size, device=device)
             trainer.model.train()
-            history["val_step"].append(step)
-            history["val_dice"].append(_dice(prob, val_truth))
-            history["val_seconds"].append(round(elapsed, 3))
+            _record_validation(history, done, elapsed, dice(probability, val[1]))
 
-        interval_losses = []
-        bar = tqdm(total=config.steps, disable=not progress, desc="train 3D U-Net", unit="step")
-        with bar:
-            for step in range(config.steps):
-                started = time.perf_counter()
-                loss, lr, lam = trainer.step(step)
-                interval_losses.append(loss)
-                done = step + 1
-                logging = done % config.log_every == 0 or done == config.steps
-                if logging:
-                    # One device sync per logging interval rather than per step.
-                    mean_loss = float(torch.stack(interval_losses).mean())
-                    interval_losses.clear()
-                elapsed += time.perf_counter() - started
-                if logging:
-                    history["step"].append(done)
-                    history["loss"].append(mean_loss)
-                    history["lr"].append(lr)
-                    history["lam"].append(lam)
-                    history["seconds"].append(round(elapsed, 3))
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", lam=f"{lam:.2f}", refresh=False)
-                bar.update(1)
-                if val is not None and config.val_every and done % config.val_every == 0 and done < config.steps:
-                    validate(done)
+        history = _fit(trainer.step, config=config, desc="train 3D U-Net", progress=progress,
+                       validate=None if val is None else validate, extras=("lam",))
         started = time.perf_counter()
         trainer.finish()
-        elapsed += time.perf_counter() - started
+        elapsed = (history["seconds"][-1] if history["seconds"] else 0.0) + time.perf_counter() - started
         if val is not None:
-            validate(config.steps)
-        model = trainer.model.eval()
-        if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, model, model_config=model_config, train_config=config,
-                            normalization=intensity_normalization or DEFAULT_INTENSITY_NORMALIZATION,
-                            history=history)
-    finally:
-        torch.set_num_threads(old_threads)
-    return TrainResult(model=model, history=history, model_config=model_config, train_config=config)
-
-
-# --------------------------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(path, model: torch.nn.Module, *, model_config: UNet3DConfig | None = None,
-                    train_config: TrainConfig | None = None, normalization: dict | None = None,
-                    history: dict | None = None) -> Path:
-    """Save a 3D U-Net with everything needed to rebuild and use it, as a plain dict.
-
-    The file is written to a temporary name in the same folder and then renamed over ``path``, so an existing
-    checkpoint is replaced in one step (training runs overwrite their checkpoint intentionally) and a crash
-    never leaves a half-written file.
-
-    Parameters
-    ----------
-    path : str or Path
-    model : UNet3D
-    model_config : UNet3DConfig, optional
-        Default ``model.config``.
-    train_config : TrainConfig, optional
-    normalization : dict, optional
-        How input images were normalised; default ``DEFAULT_INTENSITY_NORMALIZATION``.
-    history : dict of lists, optional
-
-    Returns
-    -------
-    Path
-    """
-    model_config = model_config or getattr(model, "config", None)
-    if not isinstance(model_config, UNet3DConfig):
-        raise NeurosegInputError("save_checkpoint needs model_config=UNet3DConfig(...) describing the model.")
-    reference = {k: tuple(v.shape) for k, v in UNet3D(model_config).state_dict().items()}
-    actual = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if reference != actual:
-        raise NeurosegInputError(
-            f"model_config {model_config} does not describe the model (different layers or shapes); pass the "
-            "config the model was built with.")
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": CHECKPOINT_VERSION,
-        "model_config": to_plain(asdict(model_config)),
-        "train_config": None if train_config is None else to_plain(asdict(train_config)),
-        "normalization": to_plain(normalization or DEFAULT_INTENSITY_NORMALIZATION),
-        "history": to_plain(history or {}),
-        "torch_version": str(torch.__version__),
-        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-    }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(payload, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _looks_2d(checkpoint: dict) -> bool:
-    if "pseudolabel" in str(checkpoint.get("format", "")):
-        return True
-    state = checkpoint.get("state_dict", checkpoint)
-    if not isinstance(state, dict):
-        return False
-    weights = [v for k, v in state.items() if isinstance(v, torch.Tensor) and k.endswith("weight")]
-    return bool(weights) and all(w.ndim <= 4 for w in weights) and any(w.ndim == 4 for w in weights)
-
-
-def load_checkpoint(path, *, device="auto") -> tuple[UNet3D, dict]:
-    """Load a checkpoint written by :func:`save_checkpoint` (or by ``train_3d(checkpoint_path=...)``).
-
-    Parameters
-    ----------
-    path : str or Path
-    device : {"auto", "cpu", "cuda", "mps"} or torch.device
-
-    Returns
-    -------
-    model : UNet3D
-        On ``device``, in eval mode.
-    info : dict
-        "model_config" (UNet3DConfig), "train_config" (TrainConfig; a plain dict if this version cannot parse
-        it; None if not saved), "normalization", "history",
-        "format_version", "torch_version", "path".
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no 3D U-Net checkpoint at {path}; check the path (train_3d writes one when "
-                                "given checkpoint_path=...).")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zip and weights-only errors differ by torch version; all mean "unusable"
-        raise NeurosegInputError(f"{path} is not a readable torch checkpoint ({err}).") from err
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        if isinstance(checkpoint, dict) and _looks_2d(checkpoint):
-            raise NeurosegInputError(
-                f"{path} holds a 2D model (2D convolution weights), not a 3D U-Net; load it with "
-                "neuroseg_lite.pseudolabel.load_2d.")
-        found = checkpoint.get("format") if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise NeurosegInputError(
-            f"{path} is not a NeuroSeg Lite 3D U-Net checkpoint (format {found!r}, expected "
-            f"{CHECKPOINT_FORMAT!r}); save models with neuroseg_lite.train.save_checkpoint.")
-    try:
-        model_config = UNet3DConfig(**checkpoint["model_config"])
-    except (TypeError, KeyError) as err:
-        raise NeurosegInputError(f"{path}: unreadable model_config ({err}); the file is corrupt or from a newer "
-                                 "version of neuroseg_lite.") from err
-    model = UNet3D(model_config)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    saved = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
-    if expected != saved:
-        missing = sorted(set(expected) - set(saved))
-        unexpected = sorted(set(saved) - set(expected))
-        shapes = [f"{k}: saved {saved[k]} vs built {expected[k]}" for k in expected
-                  if k in saved and saved[k] != expected[k]]
-        raise NeurosegInputError(
-            f"{path}: the saved weights do not match the architecture its config describes ({model_config}). "
-            f"Missing: {missing[:4]}{' ...' if len(missing) > 4 else ''}; unexpected: {unexpected[:4]}"
-            f"{' ...' if len(unexpected) > 4 else ''}; shape mismatches: {shapes[:4]}"
-            f"{' ...' if len(shapes) > 4 else ''}. Rebuild with the UNet3DConfig the weights were trained with.")
-    model.load_state_dict(checkpoint["state_dict"])
-    train_config = checkpoint.get("train_config")
-    if isinstance(train_config, dict):
-        try:
-            train_config = TrainConfig(**train_config)
-        except (TypeError, NeurosegInputError):
-            pass  # written by another version: keep the plain dict rather than refuse the weights
-    info = {
-        "model_config": model_config,
-        "train_config": train_config,
-        "normalization": checkpoint.get("normalization"),
-        "history": checkpoint.get("history", {}),
-        "format_version": checkpoint.get("format_version"),
-        "torch_version": checkpoint.get("torch_version"),
-        "path": path,
-    }
-    return model.to(select_device(device)).eval(), info
+            validate(history, config.steps, elapsed)
+    return TrainedModel(network=trainer.model.eval(), kind="unet3d", model_config=model_config,
+                        train_config=config, intensity_normalization=intensity, spacing=spacing, history=history)
