@@ -1,9 +1,11 @@
 """Voxel, object and surface scores for a 3D segmentation against ground truth.
 
-Introduced in chapter 6 (``06_evaluation``). Voxel Dice, the paper's headline metric, is dominated by
-the large interiors of cell bodies; object scores say whether each neuron was found once, and surface
-scores (in micrometres, aware of the anisotropic voxel size) say how well its boundary, including the
-top and bottom caps that 2D models reconstruct worst, was placed.
+One job: score a segmentation against ground truth. Introduced in chapter 6 (``06_evaluation``).
+Voxel Dice, the paper's headline metric, is dominated by the large interiors of cell bodies; object
+scores say whether each neuron was found once, surface scores (in micrometres, aware of the
+anisotropic voxel size) say how well its boundary was placed, and :func:`cap_profile` scores each
+neuron plane by plane from its top and bottom caps, which 2D models reconstruct worst.
+:func:`pick_objects` chooses the neurons that figures are centred on (chapters 1-8).
 
 Conventions shared by all functions
 -----------------------------------
@@ -25,16 +27,15 @@ from scipy.optimize import linear_sum_assignment
 from neuroseg_lite._checks import NeurosegInputError, check_same_shape, check_spacing, check_volume
 from neuroseg_lite.io import binarize_labels
 
-__all__ = ["dice", "confusion_counts", "segmentation_scores", "object_scores", "surface_scores", "evaluate"]
+__all__ = ["dice", "confusion_counts", "segmentation_scores", "object_scores", "surface_scores", "evaluate",
+           "pick_objects", "cap_profile"]
 
 # Face-neighbour (6-)connectivity: two somata that touch only at an edge or corner stay two objects.
 _SIX_CONNECTED = ndimage.generate_binary_structure(3, 1)
 _FULL_CONNECTED = ndimage.generate_binary_structure(3, 3)
 
 
-# ----------------------------------------------------------------------------------------------------
-# input handling
-# ----------------------------------------------------------------------------------------------------
+# -------- input handling --------------------------------------------------------------
 def _binary_prediction(prediction, threshold: float) -> np.ndarray:
     arr = check_volume(prediction, name="prediction")
     if arr.dtype == bool:
@@ -59,14 +60,17 @@ def _prepare(prediction, truth, threshold, mask=None):
     return pred, true, region
 
 
+def _check_count(value, *, name: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise NeurosegInputError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+
+
 def _ratio(numerator: int, denominator: int) -> float:
     # Empty denominators score 1.0: see the module docstring for why.
     return 1.0 if denominator == 0 else float(numerator) / float(denominator)
 
 
-# ----------------------------------------------------------------------------------------------------
-# voxel scores
-# ----------------------------------------------------------------------------------------------------
+# -------- voxel scores ----------------------------------------------------------------
 def _counts(pred: np.ndarray, true: np.ndarray, region: np.ndarray | None) -> dict:
     if region is not None:
         pred = pred & region
@@ -154,9 +158,7 @@ def segmentation_scores(prediction, truth, *, threshold: float = 0.5, mask=None)
     return _scores_from_counts(confusion_counts(prediction, truth, threshold=threshold, mask=mask))
 
 
-# ----------------------------------------------------------------------------------------------------
-# object scores
-# ----------------------------------------------------------------------------------------------------
+# -------- object scores ---------------------------------------------------------------
 def _match_objects(true_ids: np.ndarray, pred_ids: np.ndarray, n_true: int, n_pred: int, min_iou: float):
     """Return (n_matched, mean IoU of the matched pairs) for a one-to-one matching by IoU."""
     if n_true == 0 or n_pred == 0:
@@ -191,9 +193,7 @@ def _object_scores(pred, true, *, min_iou, min_size_voxels, connectivity) -> dic
     if not 0 < min_iou <= 1:
         raise NeurosegInputError(
             f"min_iou must be in (0, 1], got {min_iou!r}; 0.5 is the usual choice (it makes matches unique).")
-    if isinstance(min_size_voxels, bool) or not isinstance(min_size_voxels, (int, np.integer)) \
-            or min_size_voxels < 0:
-        raise NeurosegInputError(f"min_size_voxels must be a non-negative integer, got {min_size_voxels!r}.")
+    _check_count(min_size_voxels, name="min_size_voxels", minimum=0)
     if connectivity not in (1, 3):
         raise NeurosegInputError(
             f"connectivity must be 1 (6 face neighbours) or 3 (26 neighbours), got {connectivity!r}.")
@@ -210,15 +210,9 @@ def _object_scores(pred, true, *, min_iou, min_size_voxels, connectivity) -> dic
         pred_ids = new_ids[pred_ids]
         n_pred = int(large.sum())
     n_matched, mean_iou = _match_objects(true_ids, pred_ids, n_true, n_pred, min_iou)
-    return {
-        "precision": _ratio(n_matched, n_pred),
-        "recall": _ratio(n_matched, n_true),
-        "f1": _ratio(2 * n_matched, n_true + n_pred),
-        "n_true": int(n_true),
-        "n_pred": int(n_pred),
-        "n_matched": int(n_matched),
-        "mean_matched_iou": mean_iou,
-    }
+    return {"precision": _ratio(n_matched, n_pred), "recall": _ratio(n_matched, n_true),
+            "f1": _ratio(2 * n_matched, n_true + n_pred), "n_true": int(n_true), "n_pred": int(n_pred),
+            "n_matched": int(n_matched), "mean_matched_iou": mean_iou}
 
 
 def object_scores(prediction, truth, *, threshold: float = 0.5, min_iou: float = 0.5,
@@ -255,9 +249,118 @@ def object_scores(prediction, truth, *, threshold: float = 0.5, min_iou: float =
                           connectivity=connectivity)
 
 
-# ----------------------------------------------------------------------------------------------------
-# surface scores
-# ----------------------------------------------------------------------------------------------------
+# -------- single neurons: picking them, scoring them plane by plane from their caps ---
+def _objects(labels, *, inside: bool, name: str = "labels"):
+    """6-connected objects of ``labels > 0``: (ids, [(id, box)]) largest first, ties in scan order."""
+    ids, n_objects = ndimage.label(binarize_labels(labels, name=name), structure=_SIX_CONNECTED)
+    boxes = ndimage.find_objects(ids)
+    sizes = np.bincount(ids.ravel(), minlength=n_objects + 1)[1:]
+    keep = [i for i, box in enumerate(boxes)
+            if not inside or all(0 < s.start and s.stop < n for s, n in zip(box, ids.shape))]
+    keep.sort(key=lambda i: (-sizes[i], i))
+    return ids, [(i + 1, boxes[i]) for i in keep]
+
+
+def pick_objects(labels, *, n: int | None = 1, inside: bool = True, by: str = "size") -> list:
+    """Centres of the largest connected objects (neurons), largest first: where figures cut a stack.
+
+    Parameters
+    ----------
+    labels : ndarray of shape (Z, Y, X)
+        Objects are the 6-connected components of ``labels > 0`` (ids ignored, as in
+        :func:`object_scores`).
+    n : int or None
+        How many (fewer if the stack holds fewer); ``None``: every object that qualifies.
+    inside : bool
+        Only objects whose bounding box touches no face of the stack (nothing cut off).
+    by : {"size"}
+        Order: number of voxels, largest first (ties in scan order).
+
+    Returns
+    -------
+    list of tuple (z, y, x) of int
+        Rounded centres of mass in voxels (for a curved object possibly just outside it).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> labels = np.zeros((5, 8, 8), bool)
+    >>> labels[1:4, 1:3, 1:3] = True   # 12 voxels, inside the stack
+    >>> labels[1:4, 4:7, 4:7] = True   # 27 voxels, inside the stack
+    >>> labels[0:2, 5:8, 0:2] = True   # touches the border
+    >>> pick_objects(labels, n=None)
+    [(2, 5, 5), (2, 2, 2)]
+    """
+    if n is not None:
+        _check_count(n, name="n (or None for all objects)", minimum=1)
+    if by != "size":
+        raise NeurosegInputError(f"by must be 'size' (largest first), got {by!r}.")
+    ids, objects = _objects(labels, inside=bool(inside))
+    chosen = [i for i, _ in objects[:n]]
+    if not chosen:
+        return []
+    centres = ndimage.center_of_mass(ids > 0, ids, chosen)
+    return [tuple(int(round(c)) for c in centre) for centre in centres]
+
+
+def cap_profile(prediction, truth, *, inside: bool = True, margin: int = 4,
+                threshold: float = 0.5) -> dict:
+    """Per-plane Dice of every neuron's cross-section, by the plane's distance from the nearer cap.
+
+    For each neuron of ``truth`` (those of :func:`pick_objects` with ``n=None``) and each z-plane it
+    spans: the Dice of its cross-section, inside its bounding box widened by ``margin`` pixels in y
+    and x, not counting predicted voxels of *other* neurons. Distance 0 is the top or bottom plane.
+
+    Parameters
+    ----------
+    prediction : ndarray of shape (Z, Y, X)
+        Probabilities (foreground ``>= threshold``) or a binary/bool mask.
+    truth : ndarray of shape (Z, Y, X)
+        Bool, binary or instance labels.
+    inside : bool
+        Only neurons wholly inside the stack (both caps present), as in :func:`pick_objects`.
+    margin : int
+    threshold : float
+
+    Returns
+    -------
+    dict of str to ndarray of shape (n_rows,)
+        One entry per (neuron, plane): ``"object"`` (its index in ``pick_objects(truth, n=None,
+        inside=inside)``), ``"z"``, ``"planes_from_cap"`` and ``"dice"`` (1.0 if both are empty).
+        ``pandas.DataFrame(profile)`` makes it a table.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> z, y, x = np.indices((7, 9, 9))
+    >>> ball = (z - 3) ** 2 + (y - 4) ** 2 + (x - 4) ** 2 <= 4  # radius 2: planes 1 to 5
+    >>> profile = cap_profile(ball, ball)
+    >>> profile["z"].tolist(), profile["planes_from_cap"].tolist()
+    ([1, 2, 3, 4, 5], [0, 1, 2, 1, 0])
+    >>> cap_profile(ball & (abs(z - 3) < 2), ball)["dice"].tolist()  # caps missed
+    [0.0, 1.0, 1.0, 1.0, 0.0]
+    """
+    pred, true, _ = _prepare(prediction, truth, threshold)
+    _check_count(margin, name="margin (pixels)", minimum=0)
+    ids, objects = _objects(true, inside=bool(inside), name="truth")
+    columns = {"object": [], "z": [], "planes_from_cap": [], "dice": []}
+    for rank, (neuron, box) in enumerate(objects):
+        window = (box[0],) + tuple(slice(max(s.start - margin, 0), s.stop + margin) for s in box[1:])
+        in_window = ids[window]
+        cross = in_window == neuron
+        predicted = pred[window] & ((in_window == 0) | cross)  # other neurons do not count
+        overlap = 2 * np.count_nonzero(cross & predicted, axis=(1, 2))
+        total = np.count_nonzero(cross, axis=(1, 2)) + np.count_nonzero(predicted, axis=(1, 2))
+        depth = cross.shape[0]
+        columns["object"] += [rank] * depth
+        columns["z"] += list(range(box[0].start, box[0].stop))
+        columns["planes_from_cap"] += [min(k, depth - 1 - k) for k in range(depth)]
+        columns["dice"] += [float(o / t) if t else 1.0 for o, t in zip(overlap, total)]
+    return {key: np.asarray(values, dtype=float if key == "dice" else np.int64)
+            for key, values in columns.items()}
+
+
+# -------- surface scores --------------------------------------------------------------
 def _surface(mask: np.ndarray) -> np.ndarray:
     # Outside the volume counts as background (erosion border_value=0), so objects cut by the volume
     # edge get a surface there, as they would in any crop of the stack.
@@ -313,9 +416,8 @@ def surface_scores(prediction, truth, *, spacing, tolerance_um: float = 2.0, thr
         ``hd95_um``: the larger of the two directed 95th percentiles of surface-to-surface distances;
         ``hd_um``: the Hausdorff distance (maximum); ``assd_um``: mean of all surface distances in both
         directions; ``surface_dice``: the fraction of both surfaces lying within ``tolerance_um`` of the
-        other (Nikolov et al. 2018, "Deep learning to achieve clinically applicable segmentation of head
-        and neck anatomy for radiotherapy", arXiv:1809.04430). Here each surface voxel counts once,
-        rather than being weighted by its surface area as in their implementation.
+        other (Nikolov et al. 2018, arXiv:1809.04430; here each surface voxel counts once rather than
+        by its surface area as in their implementation).
         If both masks are empty: distances 0.0 and surface Dice 1.0 (perfect agreement, like Dice);
         if exactly one is empty: distances ``inf`` and surface Dice 0.0.
     """
@@ -323,9 +425,7 @@ def surface_scores(prediction, truth, *, spacing, tolerance_um: float = 2.0, thr
     return _surface_scores(pred, true, spacing=check_spacing(spacing), tolerance_um=tolerance_um)
 
 
-# ----------------------------------------------------------------------------------------------------
-# everything at once
-# ----------------------------------------------------------------------------------------------------
+# -------- everything at once ----------------------------------------------------------
 def evaluate(prediction, truth, *, spacing, threshold: float = 0.5, mask=None, tolerance_um: float = 2.0,
              min_iou: float = 0.5, min_size_voxels: int = 0, connectivity: int = 1) -> dict:
     """All scores of this module in one flat dict (one table row per method in the book).
@@ -345,24 +445,17 @@ def evaluate(prediction, truth, *, spacing, threshold: float = 0.5, mask=None, t
     Returns
     -------
     dict
-        Voxel keys ``dice``, ``iou``, ``precision``, ``recall``, ``tp``, ``fp``, ``fn``, ``tn``; object keys
-        ``object_precision``, ``object_recall``, ``object_f1``, ``n_true_objects``, ``n_pred_objects``,
-        ``n_matched_objects``, ``mean_matched_iou``; surface keys ``hd95_um``, ``hd_um``, ``assd_um``,
-        ``surface_dice``.
+        The keys of :func:`segmentation_scores`; ``object_precision``, ``object_recall``, ``object_f1``,
+        ``n_true_objects``, ``n_pred_objects``, ``n_matched_objects``, ``mean_matched_iou``; and the
+        keys of :func:`surface_scores`.
     """
     pred, true, region = _prepare(prediction, truth, threshold, mask)
     spacing = check_spacing(spacing)
     result = _scores_from_counts(_counts(pred, true, region))
     objects = _object_scores(pred, true, min_iou=min_iou, min_size_voxels=min_size_voxels,
                              connectivity=connectivity)
-    result.update({
-        "object_precision": objects["precision"],
-        "object_recall": objects["recall"],
-        "object_f1": objects["f1"],
-        "n_true_objects": objects["n_true"],
-        "n_pred_objects": objects["n_pred"],
-        "n_matched_objects": objects["n_matched"],
-        "mean_matched_iou": objects["mean_matched_iou"],
-    })
+    result.update({f"object_{key}": objects[key] for key in ("precision", "recall", "f1")})
+    result.update({f"n_{key}_objects": objects[f"n_{key}"] for key in ("true", "pred", "matched")})
+    result["mean_matched_iou"] = objects["mean_matched_iou"]
     result.update(_surface_scores(pred, true, spacing=spacing, tolerance_um=tolerance_um))
     return result

@@ -1,49 +1,39 @@
-"""Figures: orthogonal views, training curves, confusion matrices, 3D surfaces and a notebook slice browser.
+"""Figures of stacks: sections with outlines, orthogonal views, compared sections and 3D surfaces.
 
-Introduced in chapter 1 (``01_data``) and used throughout the book.
+One job: draw image volumes with their labels and predictions, to physical scale (axes in µm,
+outlines through pixel centres). Introduced in chapter 1 (``01_data``) and used throughout the
+book. The charts of numbers (training curves, confusion matrices, scores against the annotation
+budget, :data:`METHOD_LABELS`) live in :mod:`neuroseg_lite.charts` and are re-exported here, so
+``plot.<name>`` reaches every figure of the book; the notebook slice browser is
+:func:`neuroseg_lite.widgets.slice_browser`.
 
-Every function returns a :class:`matplotlib.figure.Figure` and never calls ``plt.show()``. Figures are made by
-pyplot (so that Jupyter's inline backend knows how to display them) and at once released from pyplot's list of
-open figures, so a notebook shows each one exactly once (as the cell's value) and scripts do not pile up open
-figures. Save them with ``fig.savefig``. Physical axes are in micrometres, so anisotropic stacks are drawn with
-their true proportions.
+Every function returns a :class:`matplotlib.figure.Figure` and never calls ``plt.show()``; it draws
+into the axes given (``ax=`` for one panel, ``axes=`` for several) or into a new figure that pyplot
+does not keep open (see :mod:`neuroseg_lite.charts`). Save figures with ``fig.savefig``. A voxel
+``i`` covers ``[i, i + 1) * spacing`` micrometres, so its centre, where outlines and cross-hairs
+are drawn, is at ``(i + 0.5) * spacing``.
 """
 from __future__ import annotations
 
-import os
-
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from scipy import ndimage
 
 from neuroseg_lite._checks import NeurosegInputError, check_same_shape, check_spacing, check_volume
+from neuroseg_lite.charts import METHOD_LABELS, _figure_axes, _new_figure, plot_confusion, plot_history, \
+    plot_metric_vs_k
 from neuroseg_lite.io import binarize_labels
 
-__all__ = [
-    "show_orthogonal",
-    "plot_history",
-    "plot_confusion",
-    "render_surfaces",
-    "slice_browser",
-    "plot_metric_vs_k",
-    "plot_sections",
-    "METHOD_LABELS",
-    "LABEL_COLOR",
-    "PREDICTION_COLOR",
-]
+__all__ = ["plot_section", "show_orthogonal", "plot_sections", "render_surfaces", "LABEL_COLOR",
+           "PREDICTION_COLOR", "plot_history", "plot_confusion", "plot_metric_vs_k", "METHOD_LABELS"]
 
 LABEL_COLOR = "limegreen"
 PREDICTION_COLOR = "magenta"
 _CROSSHAIR_COLOR = "yellow"
 _PLANE_COLOR = "cyan"
-
-
-def _new_figure(**kwargs) -> Figure:
-    """A pyplot-made figure that pyplot no longer tracks (see the module docstring for why)."""
-    fig = plt.figure(**kwargs)
-    plt.close(fig)
-    return fig
+# plane name -> (axis cut through, (row axis, column axis) of the section); axes are (Z, Y, X)
+_PLANES = {"xy": (0, (1, 2)), "xz": (1, (0, 2)), "yz": (2, (0, 1))}
 
 
 def _as_mask(values, *, shape, name: str, threshold: float = 0.5) -> np.ndarray | None:
@@ -71,17 +61,107 @@ def _display_range(*slices: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _draw_contour(ax, mask2d: np.ndarray, *, pixel: tuple[float, float], color: str, linewidth=1.2) -> None:
-    """Outline a 2D mask, with pixel centres at physical coordinates ((i + 0.5) * size)."""
-    if not mask2d.any() or mask2d.all():
-        return  # nothing to outline; matplotlib would warn about an empty contour
-    rows = (np.arange(mask2d.shape[0]) + 0.5) * pixel[0]
-    cols = (np.arange(mask2d.shape[1]) + 0.5) * pixel[1]
-    ax.contour(cols, rows, mask2d.astype(np.float32), levels=[0.5], colors=[color], linewidths=linewidth)
+def _draw_panel(ax, section: np.ndarray, *, pixel, outlines=(), origin=(0, 0), cmap="gray", vmin=None,
+                vmax=None, linewidth: float = 1.2) -> None:
+    """A 2D section and outlines of 2D masks in µm; ``origin``: (row, col) index of its first pixel."""
+    (r0, c0), (pr, pc) = origin, pixel
+    n_rows, n_cols = section.shape
+    ax.imshow(section, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest", aspect="equal",
+              extent=(c0 * pc, (c0 + n_cols) * pc, (r0 + n_rows) * pr, r0 * pr))
+    for mask, color in outlines:
+        if mask is None or not mask.any() or mask.all():
+            continue  # nothing to outline; matplotlib would warn about an empty contour
+        rows = (r0 + np.arange(n_rows) + 0.5) * pr
+        cols = (c0 + np.arange(n_cols) + 0.5) * pc
+        ax.contour(cols, rows, mask.astype(np.float32), levels=[0.5], colors=[color], linewidths=linewidth)
+
+
+def plot_section(image, *, labels=None, prediction=None, spacing, plane: str = "xy", index=None, ax=None,
+                 title=None, threshold: float = 0.5, outlines=None, cmap="gray", vmin=None,
+                 vmax=None) -> Figure:
+    """One section of a stack with the outlines of its labels and of a prediction, axes in µm.
+
+    Parameters
+    ----------
+    image : ndarray of shape (Z, Y, X), or a 2D section already cut
+        A 2D section has the shape ``plane`` names: (Y, X) for ``"xy"``, (Z, X) for ``"xz"``,
+        (Z, Y) for ``"yz"``; ``index`` is then not given.
+    labels : ndarray of the shape of ``image``, optional
+        Ground truth (bool, binary or instance), outlined in green.
+    prediction : ndarray of the shape of ``image``, optional
+        Mask or probabilities (thresholded at ``threshold``), outlined in magenta.
+    spacing : tuple of 3 float
+        Voxel size (z, y, x) in micrometres.
+    plane : {"xy", "xz", "yz"}
+        ``"xy"`` cuts at z = ``index``, ``"xz"`` at y = ``index``, ``"yz"`` at x = ``index``; in XZ
+        and YZ sections z runs down.
+    index : int
+        Where to cut (required for a 3D ``image``).
+    ax : matplotlib Axes, optional
+        Draw into this axes instead of a new figure.
+    title : str, optional
+        Default e.g. ``"XY, z = 12"``; ``""`` for none.
+    threshold : float
+    outlines : sequence of (mask, colour), optional
+        More masks of the shape of ``image`` to outline, e.g. ``[(glia_mask, "orange")]``.
+    cmap, vmin, vmax
+        Grey-level map and limits (default: the 1st and 99.8th percentiles of the section).
+
+    Returns
+    -------
+    Figure
+        The new figure (one axes) or ``ax.figure``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> labels = np.zeros((4, 6, 8), bool); labels[1:3, 2:4, 2:6] = True
+    >>> fig = plot_section(labels.astype(float), labels=labels, spacing=(2.0, 0.5, 0.5), plane="xz",
+    ...                    index=2)
+    >>> ax = fig.axes[0]
+    >>> ax.get_xlabel(), ax.get_ylabel(), ax.get_title()
+    ('x (µm)', 'z (µm)', 'XZ, y = 2')
+    >>> [float(v) for v in ax.images[0].get_extent()]  # 8 pixels of 0.5 µm, 4 planes of 2 µm, z down
+    [0.0, 4.0, 8.0, 0.0]
+    """
+    if plane not in _PLANES:
+        raise NeurosegInputError(f"plane must be one of {sorted(_PLANES)}, got {plane!r}.")
+    cut_axis, (row_axis, col_axis) = _PLANES[plane]
+    image = np.asarray(image)
+    if image.ndim == 2:  # a section already cut: give it back its cut axis, of length 1
+        if index is not None:
+            raise NeurosegInputError("index is only for a 3D image; a 2D image is the section itself.")
+        image, index = np.expand_dims(image, cut_axis), 0
+        labels = None if labels is None else np.expand_dims(labels, cut_axis)
+        prediction = None if prediction is None else np.expand_dims(prediction, cut_axis)
+        outlines = [(np.expand_dims(mask, cut_axis), color) for mask, color in outlines or ()]
+    image = check_volume(image, name="image")
+    spacing = check_spacing(spacing)
+    if index is None or not 0 <= int(index) < image.shape[cut_axis]:
+        raise NeurosegInputError(f"index must be a {'zyx'[cut_axis]}-index in 0..{image.shape[cut_axis] - 1} "
+                                 f"for the {plane.upper()} section of a stack of shape {image.shape}, "
+                                 f"got {index!r}.")
+    index = int(index)
+    masks = [(_as_mask(labels, shape=image.shape, name="labels"), LABEL_COLOR),
+             (_as_mask(prediction, shape=image.shape, name="prediction", threshold=threshold),
+              PREDICTION_COLOR)]
+    masks += [(_as_mask(mask, shape=image.shape, name="outline mask"), color) for mask, color in outlines or ()]
+    section = np.take(image, index, axis=cut_axis)
+    if vmin is None or vmax is None:
+        low, high = _display_range(section)
+        vmin, vmax = (low if vmin is None else vmin), (high if vmax is None else vmax)
+    fig, (ax,) = _figure_axes(ax, 1, figsize=(4.5, 4.0), name="ax")
+    _draw_panel(ax, section, pixel=(spacing[row_axis], spacing[col_axis]), cmap=cmap, vmin=vmin, vmax=vmax,
+                outlines=[(None if m is None else np.take(m, index, axis=cut_axis), c) for m, c in masks])
+    ax.set_xlabel(f"{'zyx'[col_axis]} (µm)")
+    ax.set_ylabel(f"{'zyx'[row_axis]} (µm)")
+    ax.set_title(f"{plane.upper()}, {'zyx'[cut_axis]} = {index}" if title is None else title, fontsize=9)
+    return fig
 
 
 def show_orthogonal(image, *, labels=None, prediction=None, spacing=(1.0, 1.0, 1.0), position=None,
-                    annotated_planes=None, title=None, figsize=None, threshold: float = 0.5) -> Figure:
+                    annotated_planes=None, title=None, figsize=None, threshold: float = 0.5,
+                    axes=None) -> Figure:
     """Three orthogonal sections (XY, XZ, YZ) through a stack, drawn to physical scale.
 
     Parameters
@@ -94,7 +174,8 @@ def show_orthogonal(image, *, labels=None, prediction=None, spacing=(1.0, 1.0, 1
     spacing : tuple of 3 float
         Voxel size (z, y, x) in micrometres; axes are in micrometres.
     position : tuple of 3 int, optional
-        Voxel (z, y, x) where the sections cross; default the centre of the stack.
+        Voxel (z, y, x) where the sections cross; default the centre of the stack (e.g. a neuron's
+        centre from :func:`neuroseg_lite.metrics.pick_objects`).
     annotated_planes : sequence of int, optional
         z-indices of annotated slices, drawn as dashed lines on the XZ and YZ sections.
     title : str, optional
@@ -102,6 +183,8 @@ def show_orthogonal(image, *, labels=None, prediction=None, spacing=(1.0, 1.0, 1
         Default: about 8 inches wide, height from the stack's physical proportions.
     threshold : float
         Probability threshold for ``prediction``.
+    axes : sequence of 3 matplotlib Axes, optional
+        (XY, YZ, XZ) axes to draw into instead of a new figure.
 
     Returns
     -------
@@ -113,8 +196,7 @@ def show_orthogonal(image, *, labels=None, prediction=None, spacing=(1.0, 1.0, 1
     nz, ny, nx = image.shape
     label_mask = _as_mask(labels, shape=image.shape, name="labels")
     pred_mask = _as_mask(prediction, shape=image.shape, name="prediction", threshold=threshold)
-    if position is None:
-        position = (nz // 2, ny // 2, nx // 2)
+    position = (nz // 2, ny // 2, nx // 2) if position is None else position
     try:
         z, y, x = (int(p) for p in position)
     except (TypeError, ValueError) as err:
@@ -127,37 +209,36 @@ def show_orthogonal(image, *, labels=None, prediction=None, spacing=(1.0, 1.0, 1
         raise NeurosegInputError(f"annotated_planes {planes} must be z-indices in 0..{nz - 1}.")
 
     width_x, height_y, depth_z = nx * sx, ny * sy, nz * sz
-    if figsize is None:
-        width_in = 8.0
-        figsize = (width_in, width_in * (height_y + depth_z) / (width_x + depth_z) + 0.6)
-    fig = _new_figure(figsize=figsize, layout="constrained")
-    grid = fig.add_gridspec(2, 2, width_ratios=[width_x, depth_z], height_ratios=[height_y, depth_z])
-    ax_xy = fig.add_subplot(grid[0, 0])
-    ax_yz = fig.add_subplot(grid[0, 1], sharey=ax_xy)
-    ax_xz = fig.add_subplot(grid[1, 0], sharex=ax_xy)
+    if axes is None:
+        if figsize is None:
+            figsize = (8.0, 8.0 * (height_y + depth_z) / (width_x + depth_z) + 0.6)
+        fig = _new_figure(figsize=figsize, layout="constrained")
+        grid = fig.add_gridspec(2, 2, width_ratios=[width_x, depth_z], height_ratios=[height_y, depth_z])
+        ax_xy = fig.add_subplot(grid[0, 0])
+        ax_yz = fig.add_subplot(grid[0, 1], sharey=ax_xy)
+        ax_xz = fig.add_subplot(grid[1, 0], sharex=ax_xy)
+        ax_xy.tick_params(labelbottom=False)
+        ax_yz.tick_params(labelleft=False)
+    else:
+        fig, (ax_xy, ax_yz, ax_xz) = _figure_axes(axes, 3, figsize=None)
 
-    sections = {
-        # name: (axes, 2D image, (row pixel, column pixel), extent, mask slicer)
-        "xy": (ax_xy, image[z], (sy, sx), (0, width_x, height_y, 0), lambda m: m[z]),
-        "yz": (ax_yz, image[:, :, x].T, (sy, sz), (0, depth_z, height_y, 0), lambda m: m[:, :, x].T),
-        "xz": (ax_xz, image[:, y, :], (sz, sx), (0, width_x, depth_z, 0), lambda m: m[:, y, :]),
+    sections = {  # name: (axes, 2D image, (row pixel, column pixel), mask slicer)
+        "xy": (ax_xy, image[z], (sy, sx), lambda m: m[z]),
+        "yz": (ax_yz, image[:, :, x].T, (sy, sz), lambda m: m[:, :, x].T),
+        "xz": (ax_xz, image[:, y, :], (sz, sx), lambda m: m[:, y, :]),
     }
     vmin, vmax = _display_range(*(section[1] for section in sections.values()))
-    for ax, plane, pixel, extent, take in sections.values():
-        ax.imshow(plane, cmap="gray", vmin=vmin, vmax=vmax, extent=extent, interpolation="nearest",
-                  aspect="equal")
-        if label_mask is not None:
-            _draw_contour(ax, take(label_mask), pixel=pixel, color=LABEL_COLOR)
-        if pred_mask is not None:
-            _draw_contour(ax, take(pred_mask), pixel=pixel, color=PREDICTION_COLOR)
+    for ax, plane, pixel, take in sections.values():
+        outlines = [(take(m), c) for m, c in ((label_mask, LABEL_COLOR), (pred_mask, PREDICTION_COLOR))
+                    if m is not None]
+        _draw_panel(ax, plane, pixel=pixel, outlines=outlines, vmin=vmin, vmax=vmax)
 
     cross = {"color": _CROSSHAIR_COLOR, "linewidth": 0.6, "alpha": 0.6}
-    ax_xy.axvline((x + 0.5) * sx, **cross)
-    ax_xy.axhline((y + 0.5) * sy, **cross)
-    ax_yz.axvline((z + 0.5) * sz, **cross)
-    ax_yz.axhline((y + 0.5) * sy, **cross)
-    ax_xz.axvline((x + 0.5) * sx, **cross)
-    ax_xz.axhline((z + 0.5) * sz, **cross)
+    for ax, vertical, horizontal in ((ax_xy, (x + 0.5) * sx, (y + 0.5) * sy),
+                                     (ax_yz, (z + 0.5) * sz, (y + 0.5) * sy),
+                                     (ax_xz, (x + 0.5) * sx, (z + 0.5) * sz)):
+        ax.axvline(vertical, **cross)
+        ax.axhline(horizontal, **cross)
     dashed = {"color": _PLANE_COLOR, "linestyle": "--", "linewidth": 0.9}
     for p in planes:
         ax_xz.axhline((p + 0.5) * sz, **dashed)
@@ -171,14 +252,10 @@ def show_orthogonal(image, *, labels=None, prediction=None, spacing=(1.0, 1.0, 1
     ax_xz.set_xlabel("x (µm)")
     ax_xz.set_ylabel("z (µm)")
     ax_yz.set_xlabel("z (µm)")
-    ax_xy.tick_params(labelbottom=False)
-    ax_yz.tick_params(labelleft=False)
 
-    handles = []
-    if label_mask is not None:
-        handles.append(Line2D([], [], color=LABEL_COLOR, label="labels"))
-    if pred_mask is not None:
-        handles.append(Line2D([], [], color=PREDICTION_COLOR, label="prediction"))
+    handles = [Line2D([], [], color=color, label=name) for name, mask, color in
+               (("labels", label_mask, LABEL_COLOR), ("prediction", pred_mask, PREDICTION_COLOR))
+               if mask is not None]
     if planes:
         handles.append(Line2D([], [], label="annotated z-planes", **dashed))
     if handles:
@@ -188,139 +265,96 @@ def show_orthogonal(image, *, labels=None, prediction=None, spacing=(1.0, 1.0, 1
     return fig
 
 
-def _x_values(history: dict, key: str, n: int) -> tuple[np.ndarray, str]:
-    """The x-axis for a logged series: its matching step list when lengths agree, else the index."""
-    candidates = ["val_step", "step"] if key.startswith("val_") else ["step"]
-    for step_key in candidates:
-        steps = history.get(step_key)
-        if steps is not None and len(steps) == n:
-            return np.asarray(steps, dtype=float), "step"
-    return np.arange(n, dtype=float), "entry"
+def plot_sections(image, predictions: dict, *, labels, spacing, positions, plane: str = "xz",
+                  half_width_um: float = 20.0, threshold: float = 0.5, figsize=None, axes=None,
+                  vmin=None, vmax=None) -> Figure:
+    """Side-by-side sections through chosen points, one row per point, one column per prediction.
 
-
-def _plot_series(ax, history: dict, key: str, **style) -> bool:
-    values = np.asarray(history.get(key, []), dtype=float)
-    if values.size == 0:
-        return False
-    steps, x_label = _x_values(history, key, values.size)
-    if "loss" in key and values.size >= 50:
-        # per-step losses are noisy: show them faintly under a running mean over ~2% of the run
-        window = max(5, values.size // 50)
-        ax.plot(steps, values, alpha=0.25, linewidth=0.8, **style)
-        smooth = np.convolve(values, np.ones(window) / window, mode="valid")
-        ax.plot(steps[window - 1:], smooth, label=f"{key} (mean of {window})", **style)
-    else:
-        ax.plot(steps, values, marker="o" if values.size < 30 else None, markersize=3, label=key, **style)
-    ax.set_xlabel(x_label)
-    return True
-
-
-def plot_history(history: dict, *, keys=None) -> Figure:
-    """Training curves: one panel per logged quantity.
+    Introduced in chapter 6 (``06_evaluation``), and in chapter 7 (``07_sparsity_sweep``) for the
+    paper's Figure 3: XZ cuts through single neurons show how well each method reconstructs their
+    tops and bottoms.
 
     Parameters
     ----------
-    history : dict of lists
-        From the training functions: ``"step"`` and ``"loss"``, optionally ``"val_step"`` with ``"val_dice"``
-        (and ``"val_loss"``), and ``"lam"`` (the pseudo-label weight). Keys that are absent or empty are
-        skipped.
-    keys : sequence of str, optional
-        Quantities to plot, one panel each. Default: ``"loss"`` (log scale, with ``"val_loss"`` overlaid and
-        ``"lam"`` on a twin axis when logged) and ``"val_dice"``.
+    image : ndarray of shape (Z, Y, X)
+    predictions : dict of str to ndarray of shape (Z, Y, X)
+        Column title -> probabilities (thresholded at ``threshold``) or binary mask, outlined in magenta.
+    labels : ndarray of shape (Z, Y, X)
+        Ground truth, outlined in green in every panel.
+    spacing : tuple of 3 float
+        Voxel size (z, y, x) in micrometres; panels are drawn to physical scale.
+    positions : sequence of (z, y, x) voxel indices
+        One row per position (e.g. from :func:`neuroseg_lite.metrics.pick_objects`): the ``"xz"``
+        section at its y (or the ``"yz"`` section at its x), cropped to ``half_width_um`` on each side
+        of it, all planes in z.
+    plane : {"xz", "yz"}
+    half_width_um : float
+    threshold : float
+    figsize : tuple of 2 float, optional
+    axes : 2D array of matplotlib Axes, optional
+        ``len(positions)`` x ``1 + len(predictions)`` axes to draw into instead of a new figure.
+    vmin, vmax : float, optional
+        Grey-level limits; default the 1st and 99.8th percentiles of each row's section.
 
     Returns
     -------
     Figure
-        One axes per panel, plus one twin axes when ``lam`` is drawn.
+        ``len(positions)`` x ``1 + len(predictions)`` axes; the first column shows the truth alone.
     """
-    if not isinstance(history, dict):
-        raise NeurosegInputError(f"history must be a dict of lists, got {type(history).__name__}.")
-    present = [k for k, v in history.items() if v is not None and len(v) > 0]
-    if keys is None:
-        keys = [k for k in ("loss", "val_dice") if k in present]
-        overlays = True
+    image = check_volume(image if isinstance(image, np.ndarray) else np.asarray(image), name="image")
+    sz, sy, sx = check_spacing(spacing)
+    label_mask = _as_mask(labels, shape=image.shape, name="labels")
+    masks = {name: _as_mask(p, shape=image.shape, name=f"prediction {name!r}", threshold=threshold)
+             for name, p in predictions.items()}
+    if plane not in ("xz", "yz"):
+        raise NeurosegInputError(f"plane must be 'xz' or 'yz', got {plane!r}.")
+    positions = [tuple(int(p) for p in position) for position in positions]
+    if not positions:
+        raise NeurosegInputError("positions is empty; give at least one (z, y, x) voxel index.")
+    for position in positions:
+        if len(position) != 3 or not all(0 <= p < n for p, n in zip(position, image.shape)):
+            raise NeurosegInputError(f"position {position} is outside the stack of shape {image.shape}.")
+    if not half_width_um > 0:
+        raise NeurosegInputError(f"half_width_um must be > 0, got {half_width_um}.")
+
+    pixel = sx if plane == "xz" else sy
+    half = max(1, int(round(half_width_um / pixel)))
+    n_rows, n_cols = len(positions), 1 + len(masks)
+    if axes is None:
+        if figsize is None:
+            aspect = image.shape[0] * sz / (2 * half * pixel)
+            figsize = (2.0 * n_cols, 2.0 * aspect * n_rows + 0.6)
+        fig = _new_figure(figsize=figsize, layout="constrained")
+        axes = fig.subplots(n_rows, n_cols, squeeze=False)
+        fig.legend(handles=[Line2D([], [], color=LABEL_COLOR, label="truth"),
+                            Line2D([], [], color=PREDICTION_COLOR, label="prediction")],
+                   loc="outside lower center", ncols=2, fontsize=8, frameon=False)
     else:
-        keys = list(keys)
-        missing = [k for k in keys if k not in present]
-        if missing:
-            raise NeurosegInputError(f"history has no values for {missing}; it holds {sorted(present)}.")
-        overlays = False
-    if not keys:
-        raise NeurosegInputError(f"history has nothing to plot (needs 'loss' or 'val_dice'); it holds "
-                                 f"{sorted(present)}. Was training run for at least one step?")
+        fig, given = _figure_axes(axes, n_rows * n_cols, figsize=None)
+        axes = np.array(given, dtype=object).reshape(n_rows, n_cols)
+    for row, (z, y, x) in enumerate(positions):
+        centre, size = (x, image.shape[2]) if plane == "xz" else (y, image.shape[1])
+        lo, hi = max(0, centre - half), min(size, centre + half + 1)
 
-    fig = _new_figure(figsize=(4.2 * len(keys), 3.2), layout="constrained")
-    axes = fig.subplots(1, len(keys), squeeze=False)[0]
-    for ax, key in zip(axes, keys):
-        _plot_series(ax, history, key, color="tab:blue")
-        if overlays and key == "loss" and "val_loss" in present:
-            _plot_series(ax, history, "val_loss", color="tab:orange")
-            ax.legend(fontsize=8)
-        values = np.asarray(history[key], dtype=float)
-        if "loss" in key and np.any(np.isfinite(values) & (values > 0)):
-            ax.set_yscale("log")
-        if "dice" in key:
-            ax.set_ylim(0.0, 1.02)
-        ax.set_ylabel(key)
-        ax.grid(alpha=0.3)
-        if overlays and key == "loss" and "lam" in present:
-            twin = ax.twinx()
-            _plot_series(twin, history, "lam", color="tab:gray", linestyle="--")
-            twin.set_ylabel("λ (pseudo-label weight)", color="tab:gray")
-    return fig
+        def cut(volume):
+            return volume[:, y, lo:hi] if plane == "xz" else volume[:, lo:hi, x]
 
-
-def plot_confusion(counts: dict, *, title=None, ax=None) -> Figure:
-    """A 2x2 confusion matrix with voxel counts, percentages of all voxels and of each true class.
-
-    Parameters
-    ----------
-    counts : dict
-        ``tp``, ``fp``, ``fn``, ``tn`` as non-negative numbers (from ``metrics.confusion_counts``).
-    title : str, optional
-    ax : matplotlib Axes, optional
-        Draw into this axes (e.g. a panel of a larger figure) instead of a new figure.
-
-    Returns
-    -------
-    Figure
-        The new figure (one axes) or ``ax.figure``. Rows are the truth, columns the prediction,
-        foreground first; cells are coloured by their share of the row (recall and specificity on the
-        diagonal).
-    """
-    try:
-        tp, fp, fn, tn = (float(counts[k]) for k in ("tp", "fp", "fn", "tn"))
-    except (KeyError, TypeError) as err:
-        raise NeurosegInputError(f"counts must be a dict with keys 'tp', 'fp', 'fn', 'tn' (e.g. from "
-                                 f"metrics.confusion_counts), got {counts!r}.") from err
-    matrix = np.array([[tp, fn], [fp, tn]])
-    if not np.all(np.isfinite(matrix)) or np.any(matrix < 0):
-        raise NeurosegInputError(f"confusion counts must be non-negative numbers, got {counts!r}.")
-    total = matrix.sum()
-    fraction = matrix / total if total > 0 else np.zeros_like(matrix)
-    # colour by the share of each true class (recall on the diagonal): the background's sheer size would
-    # otherwise make every other cell look empty
-    row_sums = matrix.sum(axis=1, keepdims=True)
-    row_share = np.divide(matrix, row_sums, out=np.zeros_like(matrix), where=row_sums > 0)
-
-    if ax is None:
-        fig = _new_figure(figsize=(3.8, 3.3), layout="constrained")
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure
-    ax.imshow(row_share, cmap="Blues", vmin=0.0, vmax=1.0)
-    names = [["TP", "FN"], ["FP", "TN"]]
-    for row in range(2):
-        for col in range(2):
-            ax.text(col, row, f"{names[row][col]}\n{int(matrix[row, col]):,}\n{100 * fraction[row, col]:.1f}% of all"
-                    f"\n{100 * row_share[row, col]:.1f}% of row",
-                    ha="center", va="center", fontsize=8, color="white" if row_share[row, col] > 0.6 else "black")
-    ax.set_xticks([0, 1], ["foreground", "background"])
-    ax.set_yticks([0, 1], ["foreground", "background"])
-    ax.set_xlabel("prediction")
-    ax.set_ylabel("truth")
-    if title:
-        ax.set_title(title, fontsize=10)
+        section = cut(image)
+        low, high = _display_range(section)
+        for col, (name, mask) in enumerate([("truth", None), *masks.items()]):
+            ax = axes[row, col]
+            outlines = [(cut(label_mask), LABEL_COLOR)] + ([] if mask is None else [(cut(mask), PREDICTION_COLOR)])
+            _draw_panel(ax, section, pixel=(sz, pixel), origin=(0, lo), outlines=outlines,
+                        vmin=low if vmin is None else vmin, vmax=high if vmax is None else vmax)
+            ax.set_xlim(lo * pixel, hi * pixel)
+            ax.set_ylim(image.shape[0] * sz, 0)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name, fontsize=9)
+            if col == 0:
+                ax.set_ylabel(f"{plane.upper()} at {'y' if plane == 'xz' else 'x'} = {y if plane == 'xz' else x}"
+                              "\nz down", fontsize=8)
     return fig
 
 
@@ -344,7 +378,7 @@ def _component_meshes(mask: np.ndarray, components: list[tuple[np.ndarray, tuple
 
 
 def render_surfaces(labels, *, spacing, prediction=None, max_objects: int = 6, seed: int = 0,
-                    threshold: float = 0.5, figsize=None) -> Figure:
+                    threshold: float = 0.5, figsize=None, axes=None) -> Figure:
     """3D surfaces (marching cubes) of a few labelled objects, optionally beside the prediction.
 
     Parameters
@@ -362,13 +396,14 @@ def render_surfaces(labels, *, spacing, prediction=None, max_objects: int = 6, s
     threshold : float
         Probability threshold for ``prediction``.
     figsize : tuple of 2 float, optional
+    axes : sequence of 3D matplotlib Axes, optional
+        One (two with a prediction) axes made with ``projection="3d"`` to draw into.
 
     Returns
     -------
     Figure
         One 3D axes, two with a prediction.
     """
-    from scipy import ndimage
     from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
     spacing = check_spacing(spacing)
@@ -394,14 +429,13 @@ def render_surfaces(labels, *, spacing, prediction=None, max_objects: int = 6, s
         pred_parts = [(pred_components == i, pred_boxes[i - 1]) for i in touched if i > 0][:3 * len(chosen)]
         panels.append(("prediction", pred_mask, pred_parts))
 
-    if figsize is None:
-        figsize = (4.8 * len(panels), 4.6)
-    fig = _new_figure(figsize=figsize, layout="constrained")
+    fig, axes = _figure_axes(axes, len(panels), figsize=figsize or (4.8 * len(panels), 4.6), projection="3d")
+    if any(getattr(ax, "name", "") != "3d" for ax in axes):
+        raise NeurosegInputError("render_surfaces draws into 3D axes: make them with projection='3d'.")
     nz, ny, nx = label_mask.shape
     extent_xyz = (nx * spacing[2], ny * spacing[1], nz * spacing[0])
     colors = [f"C{i}" for i in range(10)]
-    for index, (name, _, parts) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), index + 1, projection="3d")
+    for ax, (name, _, parts) in zip(axes, panels):
         meshes = _component_meshes(label_mask if name == "labels" else pred_mask, parts, spacing)
         for k, triangles in enumerate(meshes):
             color = colors[k % len(colors)] if name == "labels" else PREDICTION_COLOR
@@ -418,301 +452,4 @@ def render_surfaces(labels, *, spacing, prediction=None, max_objects: int = 6, s
         ax.set_zlabel("z (µm)")
         shown = f"{len(meshes)} of {n_found} objects" if name == "labels" else f"{len(meshes)} touching objects"
         ax.set_title(f"{name}: {shown}", fontsize=9)
-    return fig
-
-
-def _static_figures_requested() -> bool:
-    return os.environ.get("NEUROSEG_STATIC_FIGURES", "").strip().lower() in ("1", "true", "yes")
-
-
-def _inside_ipython_kernel() -> bool:
-    """True in a Jupyter kernel (which can show widgets), False in scripts, pytest and plain IPython."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and getattr(shell, "kernel", None) is not None
-
-
-def _browser_widget(image, *, labels, prediction, spacing, annotated_planes=None):
-    """The interactive browser: a z-slider and overlay check boxes redrawing ``show_orthogonal``."""
-    import ipywidgets as widgets
-
-    nz, ny, nx = image.shape
-    z_slider = widgets.IntSlider(value=nz // 2, min=0, max=nz - 1, description="z", continuous_update=False)
-    show_labels = widgets.Checkbox(value=labels is not None, description="labels (green)",
-                                   disabled=labels is None)
-    show_prediction = widgets.Checkbox(value=prediction is not None, description="prediction (magenta)",
-                                       disabled=prediction is None)
-    output = widgets.Output()
-
-    def redraw(_change=None):
-        fig = show_orthogonal(image, labels=labels if show_labels.value else None,
-                              prediction=prediction if show_prediction.value else None, spacing=spacing,
-                              position=(z_slider.value, ny // 2, nx // 2), annotated_planes=annotated_planes)
-        # Replacing the outputs directly, not `with output: clear_output(); display()`, which sometimes
-        # leaves a headless executor (papermill, the book build) waiting forever (jupyter/nbclient#312).
-        output.outputs = ()
-        output.append_display_data(fig)
-
-    for control in (z_slider, show_labels, show_prediction):
-        control.observe(redraw, names="value")
-    redraw()
-    return widgets.VBox([widgets.HBox([z_slider, show_labels, show_prediction]), output])
-
-
-def slice_browser(image, *, labels=None, prediction=None, spacing=(1.0, 1.0, 1.0), annotated_planes=None):
-    """Browse a stack in a notebook: a z-slider and check boxes for the label and prediction outlines.
-
-    Parameters
-    ----------
-    image : ndarray of shape (Z, Y, X)
-    labels, prediction : ndarray of shape (Z, Y, X), optional
-        As in :func:`show_orthogonal`.
-    spacing : tuple of 3 float
-        Voxel size (z, y, x) in micrometres.
-    annotated_planes : sequence of int, optional
-        z-indices of annotated slices.
-
-    Returns
-    -------
-    ipywidgets.VBox or Figure
-        The widget inside a Jupyter kernel. The static :func:`show_orthogonal` figure instead when the
-        environment variable ``NEUROSEG_STATIC_FIGURES=1`` is set (executed/built books, where widgets have no
-        live kernel), outside a kernel, or when ipywidgets is not installed.
-    """
-    image = check_volume(image if isinstance(image, np.ndarray) else np.asarray(image), name="image")
-    spacing = check_spacing(spacing)
-    if not _static_figures_requested() and _inside_ipython_kernel():
-        try:
-            return _browser_widget(image, labels=labels, prediction=prediction, spacing=spacing,
-                                   annotated_planes=annotated_planes)
-        except ImportError:
-            pass  # no ipywidgets: the static figure below still shows the data
-    return show_orthogonal(image, labels=labels, prediction=prediction, spacing=spacing,
-                           annotated_planes=annotated_planes)
-
-
-METHOD_LABELS = {
-    "2d": "2D pseudo-labeller",
-    "3d_sparse": "3D sparse (λ = 0)",
-    "3d_pseudo": "3D + pseudo-labels",
-    "3d_dense": "3D dense (upper bound)",
-}
-
-
-def _spread(values: np.ndarray, kind: str) -> tuple[float, float]:
-    """(lower, upper) distance of the error bar from the mean."""
-    mean = float(np.mean(values))
-    if kind == "range":  # clipped: rounding can make mean - min a tiny negative number
-        return max(0.0, mean - float(np.min(values))), max(0.0, float(np.max(values)) - mean)
-    std = float(np.std(values, ddof=1)) if values.size > 1 else 0.0
-    return std, std
-
-
-def plot_metric_vs_k(table, *, metrics=("dice", "precision", "recall"), x="n_slices", methods=None,
-                     reference_methods=("3d_dense",), spread="range", xscale="log", show_points=True,
-                     title=None, figsize=None) -> Figure:
-    """Scores against the annotation budget (or another setting): mean and spread over seeds, per method.
-
-    Introduced in chapter 7 (``07_sparsity_sweep``), where it draws the paper's Figure 2.
-
-    Parameters
-    ----------
-    table : pandas.DataFrame
-        One row per run, e.g. from :func:`neuroseg_lite.experiment.sweep`: columns ``"method"``, ``x``, the
-        ``metrics`` and usually ``"seed"``. Within one (method, x) the rows must differ only in their seed:
-        filter other settings (e.g. one ``lam``) first.
-    metrics : sequence of str
-        One panel per column.
-    x : str
-        Column on the horizontal axis (``"n_slices"``, or e.g. ``"lam"`` for an ablation).
-    methods : sequence of str, optional
-        Methods drawn as lines against ``x``, in this order; default every method in the table that is not in
-        ``reference_methods``.
-    reference_methods : sequence of str
-        Methods that do not depend on ``x`` (the dense upper bound): a horizontal line at their mean over all
-        their rows, with a band showing the spread.
-    spread : {"range", "std"}
-        Error bars: min-max over the rows (seeds), or the sample standard deviation.
-    xscale : {"log", "linear"}
-        ``"log"`` (base 2) suits annotation budgets 1, 2, 4, ...; use ``"linear"`` when ``x`` can be 0.
-    show_points : bool
-        Also draw every single run as a small faint dot.
-    title : str, optional
-    figsize : tuple of 2 float, optional
-
-    Returns
-    -------
-    Figure
-        One axes per metric; the legend is on the first one.
-    """
-    import pandas as pd
-
-    frame = pd.DataFrame(table)
-    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
-    needed = {"method", x, *metrics}
-    missing = sorted(needed - set(frame.columns))
-    if missing:
-        raise NeurosegInputError(f"table has no column(s) {missing}; it has {sorted(frame.columns)}.")
-    if frame.empty:
-        raise NeurosegInputError("table has no rows to plot.")
-    if spread not in ("range", "std"):
-        raise NeurosegInputError(f"spread must be 'range' or 'std', got {spread!r}.")
-    if xscale not in ("log", "linear"):
-        raise NeurosegInputError(f"xscale must be 'log' or 'linear', got {xscale!r}.")
-    present = list(dict.fromkeys(frame["method"]))
-    references = [m for m in reference_methods if m in present]
-    if methods is None:
-        methods = [m for m in present if m not in references]
-    else:
-        methods = list(methods)
-        absent = [m for m in methods if m not in present]
-        if absent:
-            raise NeurosegInputError(f"method(s) {absent} are not in the table; it holds {present}.")
-    if xscale == "log" and (frame.loc[frame["method"].isin(methods), x] <= 0).any():
-        raise NeurosegInputError(f"column {x!r} has values <= 0, which a log axis cannot show; use "
-                                 "xscale='linear'.")
-    if "seed" in frame.columns:
-        repeated = frame[frame["method"].isin(methods)].duplicated(subset=["method", x, "seed"])
-        if repeated.any():
-            row = frame[frame["method"].isin(methods)][repeated].iloc[0]
-            raise NeurosegInputError(
-                f"several rows for method {row['method']!r}, {x} = {row[x]}, seed {row['seed']}: they differ in "
-                "another setting (e.g. lam or pseudo_mode). Filter the table to one setting per method first.")
-
-    x_values = np.sort(frame.loc[frame["method"].isin(methods), x].unique().astype(float))
-    # small horizontal offsets keep the error bars of different methods apart
-    offsets = np.linspace(-1, 1, len(methods)) * 0.08 if len(methods) > 1 else np.zeros(1)
-    if xscale == "linear" and x_values.size > 1:
-        offsets = offsets * float(np.min(np.diff(x_values)))
-
-    if figsize is None:
-        figsize = (4.0 * len(metrics), 3.6)
-    fig = _new_figure(figsize=figsize, layout="constrained")
-    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
-    for ax, metric in zip(axes, metrics):
-        for i, method in enumerate(methods):
-            rows = frame[frame["method"] == method]
-            grouped = [(float(value), rows.loc[rows[x] == value, metric].to_numpy(dtype=float))
-                       for value in np.sort(rows[x].unique())]
-            xs = np.array([g[0] for g in grouped])
-            shown = xs * 2.0 ** offsets[i] if xscale == "log" else xs + offsets[i]
-            means = np.array([np.mean(g[1]) for g in grouped])
-            bars = np.array([_spread(g[1], spread) for g in grouped]).T
-            color = f"C{i}"
-            ax.errorbar(shown, means, yerr=bars, marker="o", markersize=4, capsize=3, color=color,
-                        label=METHOD_LABELS.get(method, method))
-            if show_points:
-                for position, (_, values) in zip(shown, grouped):
-                    ax.plot(np.full(values.size, position), values, linestyle="none", marker=".", markersize=4,
-                            color=color, alpha=0.35)
-        for j, method in enumerate(references):
-            values = frame.loc[frame["method"] == method, metric].to_numpy(dtype=float)
-            mean = float(np.mean(values))
-            low, high = _spread(values, spread)
-            color = ["black", "gray", "tab:brown"][j % 3]
-            ax.axhline(mean, color=color, linestyle="--", linewidth=1.2, label=METHOD_LABELS.get(method, method))
-            if high + low > 0:
-                ax.axhspan(mean - low, mean + high, color=color, alpha=0.12, linewidth=0)
-        if xscale == "log":
-            ax.set_xscale("log", base=2)
-        ax.set_xticks(x_values, [f"{v:g}" for v in x_values])
-        ax.minorticks_off()
-        ax.set_xlabel(x)
-        ax.set_ylabel(metric)
-        ax.set_title(metric, fontsize=10)
-        ax.grid(alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    order = [METHOD_LABELS.get(m, m) for m in [*methods, *references]]
-    by_label = dict(zip(labels, handles))
-    axes[0].legend([by_label[label] for label in order], order, fontsize=8)
-    if title:
-        fig.suptitle(title)
-    return fig
-
-
-def plot_sections(image, predictions: dict, *, labels, spacing, positions, plane: str = "xz",
-                  half_width_um: float = 20.0, threshold: float = 0.5, figsize=None) -> Figure:
-    """Side-by-side sections through chosen points, one row per point, one column per prediction.
-
-    Introduced in chapter 7 (``07_sparsity_sweep``) for the paper's Figure 3: XZ cuts through single neurons
-    show how well each method reconstructs their tops and bottoms.
-
-    Parameters
-    ----------
-    image : ndarray of shape (Z, Y, X)
-    predictions : dict of str to ndarray of shape (Z, Y, X)
-        Column title -> probabilities (thresholded at ``threshold``) or binary mask, outlined in magenta.
-    labels : ndarray of shape (Z, Y, X)
-        Ground truth, outlined in green in every panel.
-    spacing : tuple of 3 float
-        Voxel size (z, y, x) in micrometres; panels are drawn to physical scale.
-    positions : sequence of (z, y, x) voxel indices
-        One row per position: the ``"xz"`` section at its y (or the ``"yz"`` section at its x), cropped to
-        ``half_width_um`` on each side of it, all planes in z.
-    plane : {"xz", "yz"}
-    half_width_um : float
-    threshold : float
-    figsize : tuple of 2 float, optional
-
-    Returns
-    -------
-    Figure
-        ``len(positions)`` x ``1 + len(predictions)`` axes; the first column shows the truth alone.
-    """
-    image = check_volume(image if isinstance(image, np.ndarray) else np.asarray(image), name="image")
-    sz, sy, sx = check_spacing(spacing)
-    label_mask = _as_mask(labels, shape=image.shape, name="labels")
-    masks = {name: _as_mask(p, shape=image.shape, name=f"prediction {name!r}", threshold=threshold)
-             for name, p in predictions.items()}
-    if plane not in ("xz", "yz"):
-        raise NeurosegInputError(f"plane must be 'xz' or 'yz', got {plane!r}.")
-    positions = [tuple(int(p) for p in position) for position in positions]
-    if not positions:
-        raise NeurosegInputError("positions is empty; give at least one (z, y, x) voxel index.")
-    for position in positions:
-        if len(position) != 3 or not all(0 <= p < n for p, n in zip(position, image.shape)):
-            raise NeurosegInputError(f"position {position} is outside the stack of shape {image.shape}.")
-    if not half_width_um > 0:
-        raise NeurosegInputError(f"half_width_um must be > 0, got {half_width_um}.")
-
-    pixel = sx if plane == "xz" else sy
-    half = max(1, int(round(half_width_um / pixel)))
-    n_cols = 1 + len(masks)
-    if figsize is None:
-        aspect = image.shape[0] * sz / (2 * half * pixel)
-        figsize = (2.0 * n_cols, 2.0 * aspect * len(positions) + 0.6)
-    fig = _new_figure(figsize=figsize, layout="constrained")
-    axes = fig.subplots(len(positions), n_cols, squeeze=False)
-    for row, (z, y, x) in enumerate(positions):
-        centre, size = (x, image.shape[2]) if plane == "xz" else (y, image.shape[1])
-        lo, hi = max(0, centre - half), min(size, centre + half + 1)
-
-        def cut(volume):
-            return volume[:, y, lo:hi] if plane == "xz" else volume[:, lo:hi, x]
-
-        section = cut(image)
-        vmin, vmax = _display_range(section)
-        extent = (lo * pixel, hi * pixel, image.shape[0] * sz, 0)
-        for col, (name, mask) in enumerate([("truth", None), *masks.items()]):
-            ax = axes[row, col]
-            ax.imshow(section, cmap="gray", vmin=vmin, vmax=vmax, extent=extent, interpolation="nearest")
-            shifted = lambda m: np.pad(cut(m), ((0, 0), (lo, 0)))  # noqa: E731 - contour coordinates from 0
-            _draw_contour(ax, shifted(label_mask), pixel=(sz, pixel), color=LABEL_COLOR)
-            if mask is not None:
-                _draw_contour(ax, shifted(mask), pixel=(sz, pixel), color=PREDICTION_COLOR)
-            ax.set_xlim(lo * pixel, hi * pixel)
-            ax.set_ylim(image.shape[0] * sz, 0)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(name, fontsize=9)
-            if col == 0:
-                ax.set_ylabel(f"{plane.upper()} at {'y' if plane == 'xz' else 'x'} = {y if plane == 'xz' else x}"
-                              "\nz down", fontsize=8)
-    fig.legend(handles=[Line2D([], [], color=LABEL_COLOR, label="truth"),
-                        Line2D([], [], color=PREDICTION_COLOR, label="prediction")],
-               loc="outside lower center", ncols=2, fontsize=8, frameon=False)
     return fig

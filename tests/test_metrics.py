@@ -5,9 +5,11 @@ import pytest
 
 from neuroseg_lite._checks import NeurosegInputError
 from neuroseg_lite.metrics import (
+    cap_profile,
     confusion_counts,
     evaluate,
     object_scores,
+    pick_objects,
     segmentation_scores,
     surface_scores,
 )
@@ -274,3 +276,74 @@ def test_bounding_box_crop_matches_full_volume_reference():
     assert scores["hd_um"] == pytest.approx(max(d_pt.max(), d_tp.max()))
     expected_sd = (np.sum(d_pt <= 1.0) + np.sum(d_tp <= 1.0)) / (d_pt.size + d_tp.size)
     assert scores["surface_dice"] == pytest.approx(expected_sd)
+
+
+# ----------------------------------------------------------------------------------- picking objects
+def _three_boxes():
+    """A 27-voxel and a 12-voxel object inside a (6, 10, 10) stack, and a 40-voxel one on its border."""
+    labels = np.zeros((6, 10, 10), dtype=np.uint8)
+    labels[1:4, 5:8, 5:8] = 1  # 27 voxels, centre (2, 6, 6)
+    labels[2:5, 1:3, 1:3] = 2  # 12 voxels, centre (3, 1.5, 1.5)
+    labels[0:2, 0:4, 7:9] = 3  # 16 voxels, touches z = 0 and y = 0
+    labels[2:4, 4:9, 0:2] = 4  # 20 voxels, touches x = 0
+    return labels
+
+
+def test_pick_objects_largest_first_and_inside_only():
+    labels = _three_boxes()
+    before = labels.copy()
+    assert pick_objects(labels) == [(2, 6, 6)]
+    assert pick_objects(labels, n=None) == [(2, 6, 6), (3, 2, 2)]  # border objects left out
+    assert pick_objects(labels, n=5, inside=False) == [(2, 6, 6), (2, 6, 0), (0, 2, 8), (3, 2, 2)]
+    assert all(type(c) is int for c in pick_objects(labels, n=None)[0])
+    np.testing.assert_array_equal(labels, before)
+
+
+def test_pick_objects_none_inside_and_bad_options():
+    labels = np.ones((3, 4, 4), dtype=bool)  # fills the stack: touches every face
+    assert pick_objects(labels) == []
+    assert pick_objects(labels, inside=False) == [(1, 2, 2)]  # rounded (1, 1.5, 1.5)
+    with pytest.raises(NeurosegInputError, match="n "):
+        pick_objects(labels, n=0)
+    with pytest.raises(NeurosegInputError, match="by"):
+        pick_objects(labels, by="brightness")
+    with pytest.raises(NeurosegInputError, match="3D"):
+        pick_objects(labels[0])
+
+
+# ----------------------------------------------------------------------------------- cap profile
+def _ball(shape=(11, 15, 15), centre=(5, 7, 7), radius=3.2):
+    z, y, x = np.indices(shape)
+    return (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= radius ** 2
+
+
+def test_cap_profile_on_a_sphere():
+    truth = _ball()  # planes 2..8 (|dz| <= 3)
+    perfect = cap_profile(truth.astype(np.float32), truth)
+    assert perfect["z"].tolist() == list(range(2, 9))
+    assert perfect["planes_from_cap"].tolist() == [0, 1, 2, 3, 2, 1, 0]
+    assert perfect["object"].tolist() == [0] * 7
+    np.testing.assert_allclose(perfect["dice"], 1.0)
+    # a prediction that stops one plane short at both caps and is one pixel too wide at the equator
+    z = np.arange(truth.shape[0])[:, None, None]
+    prediction = truth & (np.abs(z - 5) < 3)
+    prediction[5] = _ball(radius=4.2)[5]
+    profile = cap_profile(prediction, truth)
+    dice = dict(zip(profile["z"].tolist(), profile["dice"].tolist()))
+    assert dice[2] == 0.0 and dice[8] == 0.0  # missed caps
+    assert dice[3] == dice[7] == 1.0
+    expected = 2 * truth[5].sum() / (truth[5].sum() + prediction[5].sum())
+    assert dice[5] == pytest.approx(expected) and dice[5] < 1.0
+
+
+def test_cap_profile_other_neurons_do_not_count_and_border_neurons_are_left_out():
+    truth = np.zeros((8, 12, 20), dtype=bool)
+    truth[2:6, 3:7, 3:7] = True  # neuron 0, inside
+    truth[2:6, 3:7, 8:12] = True  # neuron 1, inside, 1 pixel apart in x (within the margin of 0)
+    truth[0:3, 3:7, 15:19] = True  # touches z = 0: no cap on top, left out
+    profile = cap_profile(truth, truth, margin=4)
+    assert sorted(set(profile["object"].tolist())) == [0, 1]
+    np.testing.assert_allclose(profile["dice"], 1.0)  # neighbour 1 inside neuron 0's window ignored
+    assert len(cap_profile(truth, truth, inside=False)["z"]) == 4 + 4 + 3
+    with pytest.raises(NeurosegInputError, match="margin"):
+        cap_profile(truth, truth, margin=-1)

@@ -1,4 +1,4 @@
-"""Tests for neuroseg_lite.plot: every function returns a Figure with the expected panels on tiny inputs."""
+"""Tests for neuroseg_lite.plot, .charts and .widgets: Figures with the expected panels on tiny inputs."""
 from __future__ import annotations
 
 import matplotlib
@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from neuroseg_lite import plot  # noqa: E402
+from neuroseg_lite import charts, plot, widgets  # noqa: E402
 from neuroseg_lite._checks import NeurosegInputError  # noqa: E402
 
 SPACING = (2.0, 0.5, 0.5)
@@ -155,23 +155,23 @@ def test_render_surfaces_empty_labels(closing):
 def test_slice_browser_static_fallback(monkeypatch, closing):
     image, labels = blobs()
     monkeypatch.setenv("NEUROSEG_STATIC_FIGURES", "1")
-    fig = plot.slice_browser(image, labels=labels, spacing=SPACING)
+    fig = widgets.slice_browser(image, labels=labels, spacing=SPACING)
     closing(fig)
     assert isinstance(fig, Figure) and len(fig.axes) == 3
 
 
 def test_slice_browser_outside_kernel_is_static(monkeypatch, closing):
     monkeypatch.delenv("NEUROSEG_STATIC_FIGURES", raising=False)
-    fig = plot.slice_browser(blobs()[0], spacing=SPACING)  # pytest is not a Jupyter kernel
+    fig = widgets.slice_browser(blobs()[0], spacing=SPACING)  # pytest is not a Jupyter kernel
     closing(fig)
     assert isinstance(fig, Figure)
 
 
 def test_browser_widget_redraws_on_slider():
-    widgets = pytest.importorskip("ipywidgets")
+    ipywidgets = pytest.importorskip("ipywidgets")
     image, labels = blobs()
-    box = plot._browser_widget(image, labels=labels, prediction=None, spacing=SPACING)
-    assert isinstance(box, widgets.VBox)
+    box = widgets._browser_widget(image, labels=labels, prediction=None, spacing=SPACING)
+    assert isinstance(box, ipywidgets.VBox)
     slider, show_labels, show_prediction = box.children[0].children
     assert slider.max == image.shape[0] - 1 and slider.value == image.shape[0] // 2
     assert show_labels.value and show_prediction.disabled
@@ -262,3 +262,102 @@ def test_plot_sections_grid_extent_and_overlays(closing):
         plot.plot_sections(image, predictions, labels=labels, spacing=SPACING, positions=[(8, 0, 0)])
     with pytest.raises(NeurosegInputError, match="plane"):
         plot.plot_sections(image, predictions, labels=labels, spacing=SPACING, positions=[(1, 1, 1)], plane="xy")
+
+
+# ------------------------------------------------------------------------------------ plot_section
+def contour_points(ax):
+    """All vertices of the outlines drawn on ``ax``, as (x, y) in micrometres."""
+    return np.concatenate([path.vertices for c in ax.collections for path in c.get_paths()])
+
+
+def test_plot_section_draws_into_given_ax_with_outlines_at_pixel_centres(closing):
+    image, _ = blobs()
+    labels = np.zeros(image.shape, bool)
+    labels[:, 4:8, 10:14] = True  # rows 4..7, columns 10..13 in every plane
+    outer = Figure()
+    closing(outer)
+    axes = outer.subplots(1, 2)
+    before = labels.copy()
+    fig = plot.plot_section(image, labels=labels, spacing=SPACING, plane="xy", index=3, ax=axes[1])
+    assert fig is outer and not axes[0].images and len(axes[1].images) == 1
+    np.testing.assert_array_equal(labels, before)
+    # the 0.5 level between pixel centres (i + 0.5) * 0.5 um: halfway between row 3 and 4 is y = 2.0 um
+    points = contour_points(axes[1])
+    assert points[:, 0].min() == pytest.approx(5.0) and points[:, 0].max() == pytest.approx(7.0)
+    assert points[:, 1].min() == pytest.approx(2.0) and points[:, 1].max() == pytest.approx(4.0)
+    assert axes[1].images[0].get_extent() == pytest.approx([0, 12, 12, 0])
+    assert (axes[1].get_xlabel(), axes[1].get_ylabel()) == ("x (µm)", "y (µm)")
+    assert axes[1].get_title() == "XY, z = 3"
+
+
+def test_plot_section_planes_prediction_and_extra_outlines(closing):
+    image, labels = blobs()
+    prediction = np.roll(labels, 1, axis=2).astype(np.float32) * 0.9
+    fig = plot.plot_section(image, labels=labels, prediction=prediction, spacing=SPACING, plane="xz", index=7,
+                            outlines=[(labels, "orange")], title="")
+    closing(fig)
+    ax = fig.axes[0]
+    assert ax.images[0].get_extent() == pytest.approx([0, 12, 16, 0])  # z runs down
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("x (µm)", "z (µm)", "")
+    colors = {tuple(np.round(c.get_edgecolor()[0][:3], 3)) for c in ax.collections}
+    assert colors == {tuple(np.round(matplotlib.colors.to_rgb(c), 3))
+                      for c in (plot.LABEL_COLOR, plot.PREDICTION_COLOR, "orange")}
+    fig = plot.plot_section(image, spacing=SPACING, plane="yz", index=7)
+    closing(fig)
+    assert fig.axes[0].get_xlabel() == "y (µm)" and fig.axes[0].images[0].get_extent() == pytest.approx(
+        [0, 12, 16, 0])
+
+
+def test_plot_section_accepts_a_cut_section_and_checks_inputs(closing):
+    image, labels = blobs()
+    fig = plot.plot_section(image[:, 7], labels=labels[:, 7], spacing=SPACING, plane="xz", cmap="magma",
+                            vmin=0, vmax=1)
+    closing(fig)
+    whole = plot.plot_section(image, labels=labels, spacing=SPACING, plane="xz", index=7)
+    closing(whole)
+    np.testing.assert_allclose(contour_points(fig.axes[0]), contour_points(whole.axes[0]))
+    assert fig.axes[0].images[0].get_clim() == (0, 1)
+    with pytest.raises(NeurosegInputError, match="index"):
+        plot.plot_section(image, spacing=SPACING, plane="xy", index=8)
+    with pytest.raises(NeurosegInputError, match="index"):
+        plot.plot_section(image, spacing=SPACING, plane="xy")
+    with pytest.raises(NeurosegInputError, match="plane"):
+        plot.plot_section(image, spacing=SPACING, plane="zz", index=0)
+    with pytest.raises(NeurosegInputError, match="shape"):
+        plot.plot_section(image, labels=labels[:, :-1], spacing=SPACING, index=0)
+
+
+# ------------------------------------------------------------------------------ axes= everywhere
+def test_every_figure_draws_into_given_axes(closing):
+    image, labels = blobs()
+    outer = Figure()
+    closing(outer)
+    grid = outer.subplots(2, 3)
+    assert plot.show_orthogonal(image, labels=labels, spacing=SPACING, axes=grid[0]) is outer
+    assert all(ax.images for ax in grid[0])
+    history = {"step": [1, 2], "loss": [0.5, 0.4], "val_step": [2], "val_dice": [0.6]}
+    assert plot.plot_history(history, axes=grid[1, :2]) is outer
+    assert grid[1, 0].get_ylabel() == "loss" and grid[1, 1].get_ylabel() == "val_dice"
+    assert plot.plot_metric_vs_k(sweep_table(), metrics="dice", axes=grid[1, 2]) is outer
+    assert grid[1, 2].containers
+    with pytest.raises(NeurosegInputError, match="2 matplotlib Axes"):
+        plot.plot_history(history, axes=grid[1, :1])
+    sections = Figure()
+    closing(sections)
+    cells = sections.subplots(1, 2)
+    fig = plot.plot_sections(image, {"same": labels}, labels=labels, spacing=SPACING, positions=[(3, 7, 7)],
+                             axes=cells)
+    assert fig is sections and all(ax.images for ax in cells)
+    surfaces = Figure()
+    closing(surfaces)
+    ax3d = surfaces.add_subplot(projection="3d")
+    assert plot.render_surfaces(labels, spacing=SPACING, axes=[ax3d]) is surfaces and ax3d.collections
+    with pytest.raises(NeurosegInputError, match="3d"):
+        plot.render_surfaces(labels, spacing=SPACING, axes=[grid[0, 0]])
+
+
+def test_plot_reexports_the_charts_and_one_set_of_method_labels():
+    assert plot.METHOD_LABELS is charts.METHOD_LABELS
+    assert set(plot.METHOD_LABELS) == {"2d", "3d_sparse", "3d_pseudo", "3d_dense"}
+    assert plot.plot_history is charts.plot_history and plot.plot_confusion is charts.plot_confusion
+    assert not hasattr(plot, "slice_browser")  # widgets imports plot, never the other way round
