@@ -249,6 +249,8 @@ def preset_variant(preset, **changes) -> ExperimentPreset:
 # Prediction settings, part of every prediction's key.
 _INFERENCE = {"tile": list(infer.DEFAULT_TILE), "overlap": 0.25, "stored_as": "float16", "threshold": 0.5}
 _SCORING = {"threshold": 0.5, "tolerance_um": 2.0, "version": 1}
+# Cache folder -> the kind of key its artefacts are stored under (see Pipeline._key).
+_ARTEFACTS = {"models2d": "model2d", "pseudo": "pseudo", "models": "model", "predictions": "prediction"}
 
 
 class Pipeline:
@@ -342,6 +344,8 @@ class Pipeline:
         if kind == "prediction":
             return content_key({"kind": kind, "model": self._key("model", run), "image": data.test_digest,
                                 "inference": _INFERENCE})
+        if kind != "row":
+            raise ValueError(f"unknown artefact kind {kind!r}")
         return content_key({"kind": kind, "prediction": self._key("prediction", run), "truth": data.test_digest,
                             "scoring": {**_SCORING, "min_size_voxels": self.min_object_voxels},
                             "annotated_fraction": self._annotated_fraction(run)})
@@ -352,7 +356,7 @@ class Pipeline:
     def _cached(self, kind: str, run: Run, suffix: str, read, make, write, label=None):
         """Load the artefact of ``run`` or make it (timed), store it and return it."""
         label = label or self._label(run)
-        key = self._key({"models2d": "model2d", "models": "model"}.get(kind, kind), run)
+        key = self._key(_ARTEFACTS[kind], run)
         value = self.cache.load(kind, label, key, suffix, read)
         if value is not None:
             return value
