@@ -32,17 +32,20 @@ __all__ = [
     "load_qcanet",
 ]
 
+#: The names of the two stacks, an 8- and a 16-cell stage embryo.
 QCANET_NAMES = ("8_cell_stage", "16_cell_stage")
 
 # The repository's training config gives the voxel aspect ratio z : y : x = 2.18 : 1 : 1 but not the absolute
 # pixel size, so these are *relative* units that we treat as micrometres: shapes and anisotropy are right,
 # absolute sizes (um, um^3) are not known.
+#: The assumed voxel spacing (z, y, x), the published aspect ratio in relative units read as micrometres.
 QCANET_SPACING = (2.18, 1.0, 1.0)
 
 _COMMIT = "d047df5f271390dd06c72a8eb1d599a2ba96b9a0"
 _BASE_URL = f"https://github.com/funalab/QCANet/raw/{_COMMIT}/example_datasets/"
 _REMOTE_FOLDER = {"raw": "images_raw", "labels": "images_nsn"}
 
+#: SHA-256 hash of every file, by its path in the cache folder.
 QCANET_REGISTRY = {
     "raw/8_cell_stage.tif": "sha256:e5b776a9919d974d17961233f6008b9cf1a84b8c8625fc37e14b0dcac31b080b",
     "raw/16_cell_stage.tif": "sha256:8b908d8bad15e144b39540d93a68c7a9597e42f7bc93222af1f7106c6bd4ed80",
@@ -50,6 +53,7 @@ QCANET_REGISTRY = {
     "labels/16_cell_stage.tif": "sha256:71b1606894a7eec4e07066914291c8c7ddea31fb4753885e2867c41f4b5acf48",
 }
 
+#: The environment variable that names the cache folder (see :func:`data_dir`).
 ENV_VAR = "NEUROSEG_DATA_DIR"
 
 

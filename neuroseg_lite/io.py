@@ -50,8 +50,8 @@ def read_stack(path, *, lazy: bool = False):
         TIFF file holding one (Z, Y, X) stack. A single 2D image is returned as a (1, Y, X) stack.
     lazy : bool
         If True, do not load the voxels: return a read-only ``numpy.memmap`` when the file is uncompressed,
-        contiguous and in the machine's byte order, otherwise a :class:`LazyStack` that decodes z-planes when
-        they are indexed.
+        contiguous and in the machine's byte order, otherwise a :class:`~neuroseg_lite.tiff.LazyStack` that
+        decodes z-planes when they are indexed.
 
     Returns
     -------

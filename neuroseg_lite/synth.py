@@ -1,11 +1,12 @@
 """Synthetic two-photon stacks of cortex with a dense ground truth of neuronal bodies: the renderer.
 
 Introduced in chapter 1 (``01_data``). The generator stands in for the paper's annotated human neocortex
-volumes, which are not public: every knob of :class:`SynthConfig` is a physical quantity (micrometres,
-cells per mm^3, photons) taken from the literature or stated as an assumption, and nothing is tuned to
-favour a segmentation method. The configuration and its presets live in :mod:`neuroseg_lite.synthconfig`
-(re-exported here: ``synth.SynthConfig``, ``synth.PRESETS``, ``synth.make_config``); where the objects go is
-decided, and which voxels each covers, in ``neuroseg_lite._synthgeometry``.
+volumes, which are not public: every knob of :class:`~neuroseg_lite.synthconfig.SynthConfig` is a physical
+quantity (micrometres, cells per mm^3, photons) taken from the literature or stated as an assumption, and
+nothing is tuned to favour a segmentation method. The configuration and its presets live in
+:mod:`neuroseg_lite.synthconfig` (re-exported here: ``synth.SynthConfig``, ``synth.PRESETS``,
+``synth.make_config``); where the objects go, and which voxels each covers, is decided in
+``neuroseg_lite._synthgeometry``.
 
 Image model, in order:
 
@@ -242,7 +243,7 @@ def make_volume(*, seed=0, preset: str = "tutorial", config: SynthConfig | None 
         Name in ``PRESETS``; ignored when ``config`` is given.
     config : SynthConfig, optional
     **overrides
-        Any :class:`SynthConfig` field, applied on top of the preset or config.
+        Any :class:`~neuroseg_lite.synthconfig.SynthConfig` field, applied on top of the preset or config.
 
     Returns
     -------
@@ -367,7 +368,7 @@ def make_dataset(*, n_train: int = 3, seed: int = 0, preset: str = "tutorial", c
         Name in ``PRESETS``; ignored when ``config`` is given.
     config : SynthConfig, optional
     **overrides
-        Any :class:`SynthConfig` field, applied to every volume.
+        Any :class:`~neuroseg_lite.synthconfig.SynthConfig` field, applied to every volume.
 
     Returns
     -------

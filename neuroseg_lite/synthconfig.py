@@ -172,6 +172,9 @@ def _validate(cfg: SynthConfig) -> None:
 
 _DISTRACTORS_OFF = dict(glia_density_per_mm3=0.0, lipofuscin_cell_fraction=0.0, lipofuscin_density_per_mm3=0.0,
                         vessel_length_density_mm_per_mm3=0.0, dendrite_length_um=(0.0, 0.0))
+#: The named configurations, by name. "tutorial" is the book's default (:class:`SynthConfig`'s defaults);
+#: "small" and "tiny" are smaller crops ("tiny" with mouse-like density); "easy", "hard" and "mouse" vary
+#: the optics and the tissue.
 PRESETS: dict[str, SynthConfig] = {
     "tutorial": SynthConfig(),
     "small": SynthConfig(shape=(32, 128, 128)),

@@ -44,9 +44,9 @@ def _um_per_unit(unit) -> float | None:
 class LazyStack:
     """A (Z, Y, X) stack that reads TIFF pages only when they are indexed.
 
-    Returned by :func:`read_stack` with ``lazy=True`` when the file cannot be memory-mapped (compressed or
-    non-contiguous data). Indexing the first axis reads just the requested z-planes; ``np.asarray(stack)``
-    reads everything.
+    Returned by :func:`~neuroseg_lite.io.read_stack` with ``lazy=True`` when the file cannot be memory-mapped
+    (compressed or non-contiguous data). Indexing the first axis reads just the requested z-planes;
+    ``np.asarray(stack)`` reads everything.
 
     Parameters
     ----------
