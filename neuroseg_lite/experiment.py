@@ -21,11 +21,11 @@ Methods compared (one row each in the results table):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 import time
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -526,7 +526,8 @@ def sweep(data: Data, *, n_slices=(1, 2, 4, 8, 16), seeds=(0, 1, 2), lams=(0.5,)
             done[key] = pipeline.evaluate(run)
             if results_file is not None:
                 table = pd.concat([table, pd.DataFrame([done[key]])], ignore_index=True)
-                atomic_write(results_file, lambda tmp: table.to_csv(tmp, index=False))
+                # the whole table each time, so an interrupted run never leaves half a row
+                atomic_write(results_file, functools.partial(table.to_csv, index=False))
         rows.append(done[key])
     return pd.DataFrame(rows)
 

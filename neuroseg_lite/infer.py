@@ -75,7 +75,8 @@ def tile_positions(length: int, tile: int, overlap: float = 0.25, *, align: int 
         raise NeurosegInputError(
             f"tile_positions needs length, tile and align >= 1, got length={length}, tile={tile}, align={align}.")
     if not 0.0 <= overlap < 1.0:
-        raise NeurosegInputError(f"overlap must be in [0, 1) (a fraction of the tile), got {overlap!r}; 0.25 is typical.")
+        raise NeurosegInputError(f"overlap must be in [0, 1) (a fraction of the tile), got {overlap!r}; "
+                                 "0.25 is typical.")
     if tile >= length:
         return [0]
     last = -(-(length - tile) // align) * align
@@ -257,7 +258,8 @@ def predict_volume(model, image, *, tile=None, overlap: float = 0.25, batch_size
     if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
         raise NeurosegInputError(f"batch_size must be a positive integer, got {batch_size!r}.")
     if not 0.0 <= overlap < 1.0:
-        raise NeurosegInputError(f"overlap must be in [0, 1) (a fraction of the tile), got {overlap!r}; 0.25 is typical.")
+        raise NeurosegInputError(f"overlap must be in [0, 1) (a fraction of the tile), got {overlap!r}; "
+                                 "0.25 is typical.")
     if not (np.isfinite(sigma_scale) and sigma_scale > 0):
         raise NeurosegInputError(f"sigma_scale must be a positive number (0.125 is typical), got {sigma_scale!r}.")
     shape = tuple(int(n) for n in volume.shape)

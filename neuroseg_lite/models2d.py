@@ -390,7 +390,7 @@ class Train2DConfig:
     def resolved_batch_size(self) -> int:
         return self.batch_size if self.batch_size is not None else _DEFAULT_BATCH[self.model]
 
-    def validate(self) -> "Train2DConfig":
+    def validate(self) -> Train2DConfig:
         """Raise :class:`NeurosegInputError` naming the first unusable option."""
         if self.model not in MODEL_KINDS:
             raise NeurosegInputError(f"Train2DConfig.model must be one of {MODEL_KINDS}, got {self.model!r}.")
@@ -413,7 +413,7 @@ class Train2DConfig:
         return self
 
     @classmethod
-    def from_dict(cls, values: dict) -> "Train2DConfig":
+    def from_dict(cls, values: dict) -> Train2DConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -156,14 +156,3 @@ def make_train_config(preset: str = "cpu", **overrides) -> TrainConfig:
     if unknown:
         raise NeurosegInputError(f"unknown TrainConfig field(s) {unknown}; valid fields: {sorted(valid)}.")
     return replace(PRESETS_3D[preset], **overrides)
-
-
-def make_train_config(preset: str = "cpu", **overrides) -> TrainConfig:
-    """Return ``PRESETS_3D[preset]`` with some fields replaced, e.g. ``make_train_config("cpu", lam=0.25)``."""
-    if preset not in PRESETS_3D:
-        raise NeurosegInputError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS_3D)}.")
-    valid = set(asdict(PRESETS_3D[preset]))
-    unknown = sorted(set(overrides) - valid)
-    if unknown:
-        raise NeurosegInputError(f"unknown TrainConfig field(s) {unknown}; valid fields: {sorted(valid)}.")
-    return replace(PRESETS_3D[preset], **overrides)

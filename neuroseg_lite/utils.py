@@ -47,7 +47,7 @@ def select_device(preference: str | torch.device = "auto") -> torch.device:
 def seed_everything(seed: int) -> np.random.Generator:
     """Seed Python, NumPy and PyTorch; return a fresh ``numpy.random.Generator`` for the caller's own draws."""
     random.seed(seed)
-    np.random.seed(seed % (2**32))
+    np.random.seed(seed % (2**32))  # noqa: NPY002 -- third-party code may still draw from the legacy global RNG
     torch.manual_seed(seed)
     return np.random.default_rng(seed)
 
