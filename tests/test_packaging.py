@@ -102,3 +102,37 @@ def test_ci_lints_before_the_tests():
     lint = ci.index("ruff check neuroseg_lite tests benchmarks")
     assert "ruff check --line-length 88 notebooks" in ci
     assert lint < ci.index("python -m pytest")
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """Module -> the package modules it imports (at any level of its code)."""
+    import ast
+
+    graph = {}
+    for path in (ROOT / "neuroseg_lite").glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("neuroseg_lite."):
+                deps.add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                deps |= {a.name.split(".")[1] for a in node.names if a.name.startswith("neuroseg_lite.")}
+        graph[path.stem] = deps - {path.stem}
+    return graph
+
+
+def test_imports_flow_one_way():
+    graph = _package_imports()
+    done, on_path = set(), []
+
+    def visit(module):
+        on_path.append(module)
+        for dep in sorted(graph.get(module, ())):
+            assert dep not in on_path, "import cycle: " + " -> ".join(on_path[on_path.index(dep):] + [dep])
+            if dep not in done:
+                visit(dep)
+        on_path.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        if module not in done:
+            visit(module)
