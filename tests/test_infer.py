@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from neuroseg_lite._checks import NeurosegInputError
+from neuroseg_lite.checkpoint import TrainedModel
 from neuroseg_lite.infer import gaussian_window, predict_volume, tile_positions
+from neuroseg_lite.intensity import IntensityNormalization
+from neuroseg_lite.models2d import Model2DConfig, PatchCNN
+from neuroseg_lite.unet3d import UNet3D, UNet3DConfig
+
+TINY_UNET = UNet3DConfig(base_channels=4, depth=2)
 
 
 class Pointwise(torch.nn.Module):
@@ -250,19 +256,39 @@ def test_input_not_modified_and_model_mode_restored(image):
     assert not model.training
 
 
-def test_integer_memmap_input(tmp_path):
-    data = np.random.default_rng(4).integers(0, 4000, size=(9, 40, 35), dtype=np.uint16)
-    path = tmp_path / "stack.raw"
-    mm = np.memmap(path, dtype=np.uint16, mode="w+", shape=data.shape)
+def _memmap(path, data):
+    mm = np.memmap(path, dtype=data.dtype, mode="w+", shape=data.shape)
     mm[:] = data
     mm.flush()
     del mm
-    readonly = np.memmap(path, dtype=np.uint16, mode="r", shape=data.shape)
+    return np.memmap(path, dtype=data.dtype, mode="r", shape=data.shape)
+
+
+def _trained(spec=None, *, seed=0):
+    """An untrained tiny U-Net wrapped as a TrainedModel with the given intensity spec."""
+    torch.manual_seed(seed)
+    return TrainedModel(network=UNet3D(TINY_UNET).eval(), kind="unet3d", model_config=TINY_UNET,
+                        intensity_normalization=spec or IntensityNormalization())
+
+
+def test_float_memmap_input(tmp_path):
+    data = np.random.default_rng(4).random((9, 40, 35)).astype(np.float32)
+    readonly = _memmap(tmp_path / "stack.raw", data)
     model = Conv3()
-    scaled = ConstantScale(model, 1 / 4000)
-    from_memmap = predict_volume(scaled, readonly, tile=(4, 16, 16), device="cpu")
-    in_memory = predict_volume(scaled, data, tile=(4, 16, 16), device="cpu")
+    from_memmap = predict_volume(model, readonly, tile=(4, 16, 16), device="cpu")
+    in_memory = predict_volume(model, data, tile=(4, 16, 16), device="cpu")
     np.testing.assert_array_equal(from_memmap, in_memory)
+    np.testing.assert_array_equal(np.asarray(readonly), data)
+
+
+def test_integer_memmap_needs_the_trained_model(tmp_path):
+    data = np.random.default_rng(4).integers(0, 4000, size=(9, 40, 35), dtype=np.uint16)
+    readonly = _memmap(tmp_path / "stack.raw", data)
+    with pytest.raises(NeurosegInputError, match="uint16.*TrainedModel"):
+        predict_volume(Conv3(), readonly, tile=(4, 16, 16), device="cpu")
+    model = _trained()
+    from_memmap = predict_volume(model, readonly, tile=(8, 16, 16), device="cpu")
+    np.testing.assert_array_equal(from_memmap, predict_volume(model, data, tile=(8, 16, 16), device="cpu"))
     np.testing.assert_array_equal(np.asarray(readonly), data)
 
 
@@ -281,17 +307,65 @@ def test_lazy_z_only_array_like(image):
     prob = predict_volume(model, lazy, tile=(4, 16, 16), device="cpu")
     np.testing.assert_array_equal(prob, predict_volume(model, image, tile=(4, 16, 16), device="cpu"))
     assert lazy.reads > 1  # read slab by slab, not once as a whole
+    with pytest.raises(NeurosegInputError, match="uint16.*TrainedModel"):
+        predict_volume(model, ZOnlyLazy((image * 1000).astype(np.uint16)), tile=(4, 16, 16), device="cpu")
 
 
 def test_compressed_tiff_read_lazily(tmp_path):
     io = pytest.importorskip("neuroseg_lite.io")
-    data = np.random.default_rng(11).integers(0, 60000, size=(7, 24, 20), dtype=np.uint16)
+    data = np.random.default_rng(11).random((7, 24, 20)).astype(np.float32) * 60000
     path = io.write_stack(tmp_path / "stack.tif", data, spacing=(2.0, 0.9, 0.9), compression="zlib")
     lazy, _ = io.read_stack(path, lazy=True)
     assert isinstance(lazy, io.LazyStack)  # compressed pages cannot be memory-mapped
     model = ConstantScale(Conv3(), 1 / 60000)
     expected = predict_volume(model, data, tile=(4, 16, 16), device="cpu")
     np.testing.assert_array_equal(predict_volume(model, lazy, tile=(4, 16, 16), device="cpu"), expected)
+
+
+def test_compressed_raw_tiff_with_the_trained_model(tmp_path):
+    io = pytest.importorskip("neuroseg_lite.io")
+    data = np.random.default_rng(12).integers(0, 60000, size=(8, 24, 20), dtype=np.uint16)
+    path = io.write_stack(tmp_path / "raw.tif", data, spacing=(2.0, 0.9, 0.9), compression="zlib")
+    lazy, _ = io.read_stack(path, lazy=True)
+    model = _trained()
+    expected = predict_volume(model, data, tile=(8, 16, 16), device="cpu")
+    np.testing.assert_array_equal(predict_volume(model, lazy, tile=(8, 16, 16), device="cpu"), expected)
+
+
+# ----------------------------------------------------------------------------- raw input and the model's spec
+
+
+def test_trained_model_normalises_raw_uint16_by_its_stored_spec():
+    # Done when: a raw uint16 stack (values up to 60000) is normalised by the model's stored spec.
+    rng = np.random.default_rng(13)
+    raw = (rng.gamma(2.0, 4000.0, size=(8, 24, 20))).clip(0, 60000).astype(np.uint16)
+    raw[3, 5, 7] = 60000
+    before = raw.copy()
+    spec = IntensityNormalization(low=5.0, high=95.0)
+    model = _trained(spec)
+    prob = predict_volume(model, raw, tile=(8, 16, 16), device="cpu")
+    np.testing.assert_array_equal(prob, predict_volume(model.network, spec.apply(raw), tile=(8, 16, 16),
+                                                       device="cpu"))
+    np.testing.assert_array_equal(raw, before)
+    assert prob.shape == raw.shape and prob.dtype == np.float32
+    # The stored spec is what decides: the default percentiles, or none at all, predict something else.
+    other = predict_volume(model.network, IntensityNormalization().apply(raw), tile=(8, 16, 16), device="cpu")
+    assert np.abs(prob - other).max() > 1e-3
+    unnormalised = predict_volume(model.network, raw.astype(np.float32), tile=(8, 16, 16), device="cpu")
+    assert np.abs(prob - unnormalised).max() > 1e-2
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint8, np.int32])
+def test_bare_network_refuses_raw_integer_stacks(dtype):
+    raw = np.random.default_rng(14).integers(0, 200, size=(8, 24, 20)).astype(dtype)
+    with pytest.raises(NeurosegInputError, match=f"{np.dtype(dtype).name}.*TrainedModel.*normalize_percentile"):
+        predict_volume(UNet3D(TINY_UNET), raw, device="cpu")
+
+
+def test_predict_volume_refuses_a_2d_model():
+    model = TrainedModel(network=PatchCNN(), kind="model2d", model_config=Model2DConfig())
+    with pytest.raises(NeurosegInputError, match="3D U-Net.*predict_2d"):
+        predict_volume(model, np.random.default_rng(15).random((4, 16, 16)).astype(np.float32), device="cpu")
 
 
 def test_unet3d_if_available():

@@ -5,8 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from neuroseg_lite import losses
 from neuroseg_lite._checks import NeurosegInputError
-from neuroseg_lite.losses import lambda_schedule, pseudo_targets, weight_map, weighted_bce
+from neuroseg_lite.losses import LOSS_NORMALIZATIONS, lambda_schedule, pseudo_targets, weight_map, weighted_bce
 
 
 def _tiny_volumes():
@@ -24,7 +25,7 @@ def test_pseudo_targets_hard_by_hand():
     np.testing.assert_array_equal(targets.ravel(), [1, 0, 1, 0, 1, 0])
     np.testing.assert_array_equal(mask.ravel(), [0, 0, 1, 1, 1, 1])
     assert targets.dtype == np.float32 and mask.dtype == bool
-    for a, b in zip(before, (labels, annotated, prob)):
+    for a, b in zip(before, (labels, annotated, prob), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -77,23 +78,23 @@ def _random_batch(seed=0, shape=(2, 1, 6, 9, 11)):
     return logits, targets, annotated, pseudo
 
 
-@pytest.mark.parametrize("normalization", ["paper", "global"])
+@pytest.mark.parametrize("loss_normalization", LOSS_NORMALIZATIONS)
 @pytest.mark.parametrize("use_mask", [True, False])
-def test_lam_zero_is_exactly_the_sparse_loss(normalization, use_mask):
+def test_lam_zero_is_exactly_the_sparse_loss(loss_normalization, use_mask):
     for seed in range(5):
         logits, targets, annotated, pseudo = _random_batch(seed)
         sparse = F.binary_cross_entropy_with_logits(logits[annotated], targets[annotated])
         loss = weighted_bce(logits, targets, annotated, lam=0.0, pseudo_mask=pseudo if use_mask else None,
-                            normalization=normalization)
+                            loss_normalization=loss_normalization)
         assert torch.equal(loss, sparse)
 
 
-@pytest.mark.parametrize("normalization", ["paper", "global"])
-def test_lam_changes_the_loss(normalization):
+@pytest.mark.parametrize("loss_normalization", LOSS_NORMALIZATIONS)
+def test_lam_changes_the_loss(loss_normalization):
     logits, targets, annotated, pseudo = _random_batch(1)
-    losses = [weighted_bce(logits, targets, annotated, lam=lam, pseudo_mask=pseudo, normalization=normalization)
-              for lam in (0.0, 0.25, 1.0)]
-    assert len({round(float(v), 6) for v in losses}) == 3
+    values = [weighted_bce(logits, targets, annotated, lam=lam, pseudo_mask=pseudo,
+                           loss_normalization=loss_normalization) for lam in (0.0, 0.25, 1.0)]
+    assert len({round(float(v), 6) for v in values}) == 3
 
 
 def test_paper_loss_is_linear_in_lam():
@@ -111,9 +112,9 @@ def test_hand_computed_values():
     annotated = torch.tensor([True, False, False, False])
     pseudo = torch.tensor([False, True, True, False])  # the last voxel is excluded
     ln2, soft = math.log(2.0), math.log1p(math.exp(-2.0))
-    paper = weighted_bce(logits, targets, annotated, lam=0.5, pseudo_mask=pseudo, normalization="paper")
+    paper = weighted_bce(logits, targets, annotated, lam=0.5, pseudo_mask=pseudo, loss_normalization="paper")
     assert paper.item() == pytest.approx(ln2 + 0.5 * (ln2 + soft) / 2, rel=1e-6)
-    glob = weighted_bce(logits, targets, annotated, lam=0.5, pseudo_mask=pseudo, normalization="global")
+    glob = weighted_bce(logits, targets, annotated, lam=0.5, pseudo_mask=pseudo, loss_normalization="global")
     assert glob.item() == pytest.approx((ln2 + 0.5 * ln2 + 0.5 * soft) / 2.0, rel=1e-6)
 
 
@@ -125,7 +126,8 @@ def test_global_form_is_dominated_by_the_larger_set():
     annotated = torch.zeros(48, dtype=torch.bool)
     annotated[0] = True
     paper = [weighted_bce(logits, targets, annotated, lam=lam).item() for lam in (0.2, 1.0)]
-    glob = [weighted_bce(logits, targets, annotated, lam=lam, normalization="global").item() for lam in (0.2, 1.0)]
+    glob = [weighted_bce(logits, targets, annotated, lam=lam, loss_normalization="global").item()
+            for lam in (0.2, 1.0)]
     assert paper[1] / paper[0] == pytest.approx(5.0, rel=1e-3)
     assert glob[1] / glob[0] == pytest.approx((47 / 48) / (47 * 0.2 / (1 + 47 * 0.2)), rel=1e-3)
     assert glob[1] / glob[0] < 1.1
@@ -135,8 +137,9 @@ def test_empty_sets_and_gradient():
     logits = torch.zeros(1, 1, 2, 2, 2, requires_grad=True)
     targets = torch.ones(1, 1, 2, 2, 2)
     nothing = torch.zeros(1, 1, 2, 2, 2, dtype=torch.bool)
-    for normalization in ("paper", "global"):
-        loss = weighted_bce(logits, targets, nothing, lam=0.5, pseudo_mask=nothing, normalization=normalization)
+    for loss_normalization in ("paper", "global"):
+        loss = weighted_bce(logits, targets, nothing, lam=0.5, pseudo_mask=nothing,
+                            loss_normalization=loss_normalization)
         assert loss.item() == 0.0
         loss.backward()
         assert torch.equal(logits.grad, torch.zeros_like(logits))
@@ -145,11 +148,22 @@ def test_empty_sets_and_gradient():
     assert loss.item() == pytest.approx(0.5 * math.log(2.0), rel=1e-6)
 
 
-@pytest.mark.parametrize("kwargs", [dict(lam=-0.5), dict(lam=float("nan")), dict(lam=0.5, normalization="sum")])
+@pytest.mark.parametrize("kwargs", [dict(lam=-0.5), dict(lam=float("nan")), dict(lam=0.5, loss_normalization="sum")])
 def test_weighted_bce_bad_options(kwargs):
     logits, targets, annotated, pseudo = _random_batch(3)
     with pytest.raises(NeurosegInputError):
         weighted_bce(logits, targets, annotated, **kwargs)
+
+
+def test_loss_normalization_is_the_one_name():
+    # "normalization" alone also meant the intensity spec; the loss form is only ever "loss_normalization".
+    assert LOSS_NORMALIZATIONS == ("paper", "global")
+    assert not hasattr(losses, "NORMALIZATIONS")
+    logits, targets, annotated, pseudo = _random_batch(3)
+    with pytest.raises(TypeError, match="normalization"):
+        weighted_bce(logits, targets, annotated, lam=0.5, normalization="paper")
+    with pytest.raises(NeurosegInputError, match="loss_normalization must be one of"):
+        weighted_bce(logits, targets, annotated, lam=0.5, loss_normalization="sum")
 
 
 def test_weighted_bce_shape_mismatch():

@@ -8,26 +8,31 @@ import numpy as np
 import pytest
 import torch
 
+from neuroseg_lite import metrics, sparse
 from neuroseg_lite._checks import NeurosegInputError
-from neuroseg_lite.models2d import naive_logits, reflect_indices, reflect_positions
-from neuroseg_lite.pseudolabel import (
+from neuroseg_lite.checkpoint import TrainedModel
+from neuroseg_lite.intensity import IntensityNormalization
+from neuroseg_lite.models2d import (
     PRESETS_2D,
-    AnnotatedPixelSampler,
+    Model2DConfig,
     PatchCNN,
     Train2DConfig,
     UNet2D,
-    _patch_batch,
     build_model_2d,
-    correct_prior,
-    load_2d,
-    predict_2d,
-    save_2d,
-    train_2d,
+    naive_logits,
+    reflect_indices,
+    reflect_positions,
 )
+from neuroseg_lite.patches import AnnotatedPixelSampler, patch_batch_2d
+from neuroseg_lite.pseudolabel import correct_prior, predict_2d, predict_planes
+from neuroseg_lite.train import train_2d
+from neuroseg_lite.unet3d import UNet3D, UNet3DConfig
 
 
 @dataclass
 class ToySparse:
+    """Duck-typed annotation without from_planes' checks (train_2d only reads these three attributes)."""
+
     labels: np.ndarray
     annotated: np.ndarray
     axis: int = 0
@@ -48,13 +53,11 @@ def toy_volume(seed: int, shape=(8, 40, 40), n_blobs=5):
 
 
 def toy_sparse(labels, planes=(2, 5)):
-    annotated = np.zeros(labels.shape, bool)
-    annotated[list(planes)] = True
-    return ToySparse(labels & annotated, annotated)
+    return sparse.from_planes(labels, planes=planes)
 
 
 def dice(prediction, truth):
-    return 2 * (prediction & truth).sum() / (prediction.sum() + truth.sum())
+    return metrics.dice(prediction, truth)
 
 
 @pytest.fixture(scope="module")
@@ -119,10 +122,11 @@ def test_unet2d_keeps_any_size(shape):
 # ----------------------------------------------------------------------------- sampling
 
 def test_sampler_centres_on_annotated_pixels_and_balances(toy_data):
-    _, _, sparse, _ = toy_data
-    labels = [s.labels for s in sparse]
-    annotated = [s.annotated for s in sparse]
-    true_fraction = sum((l & a).sum() for l, a in zip(labels, annotated)) / sum(a.sum() for a in annotated)
+    _, _, annotations, _ = toy_data
+    labels = [s.labels for s in annotations]
+    annotated = [s.annotated for s in annotations]
+    n_foreground = sum((lab & a).sum() for lab, a in zip(labels, annotated, strict=True))
+    true_fraction = n_foreground / sum(a.sum() for a in annotated)
     assert 0.02 < true_fraction < 0.3
 
     sampler = AnnotatedPixelSampler(labels, annotated)
@@ -137,18 +141,18 @@ def test_sampler_centres_on_annotated_pixels_and_balances(toy_data):
     _, _, classes = uniform.sample(4000, np.random.default_rng(0))
     assert abs(classes.mean() - true_fraction) < 0.03
 
-    background_only = AnnotatedPixelSampler([np.zeros_like(l) for l in labels], annotated)
+    background_only = AnnotatedPixelSampler([np.zeros_like(lab) for lab in labels], annotated)
     assert background_only.sample(100, np.random.default_rng(0))[2].sum() == 0
 
 
 def test_patch_batch_is_centred_with_reflected_context(toy_data):
-    images, _, sparse, _ = toy_data
-    labels = [s.labels for s in sparse]
-    annotated = [s.annotated for s in sparse]
+    images, _, annotations, _ = toy_data
+    labels = [s.labels for s in annotations]
+    annotated = [s.annotated for s in annotations]
     config = Train2DConfig(batch_size=64, context_planes=3, augment=True, intensity_jitter=0.0)
     sampler = AnnotatedPixelSampler(labels, annotated)
     vols, zyx, classes = sampler.sample(64, np.random.default_rng(4))  # the batch draws these first
-    batch, targets = _patch_batch(images, sampler, np.random.default_rng(4), config)
+    batch, targets = patch_batch_2d(images, sampler, np.random.default_rng(4), config)
     assert batch.shape == (64, 7, 32, 32) and np.array_equal(targets.numpy(), classes)
     # Planes 2 and 5 of 8 with 3 context planes on each side reflect at both ends of the stack.
     padded = [np.pad(image, ((3, 3), (0, 0), (0, 0)), mode="reflect") for image in images]
@@ -160,72 +164,98 @@ def test_patch_batch_is_centred_with_reflected_context(toy_data):
 # ----------------------------------------------------------------------------- training
 
 def test_train_patch_model_learns_and_beats_chance(toy_data):
-    images, _, sparse, (test_image, test_labels) = toy_data
-    config = Train2DConfig(steps=100, batch_size=32, lr=2e-3, val_every=50, val_planes=3, seed=0)
-    model, history = train_2d(images, sparse, config=config, device="cpu", progress=False,
-                              val=(test_image, test_labels))
-    assert isinstance(model, PatchCNN) and not model.training
-    assert history["step"] == list(range(1, 101)) and len(history["loss"]) == len(history["time_s"]) == 100
+    images, _, annotations, (test_image, test_labels) = toy_data
+    config = Train2DConfig(steps=100, batch_size=32, lr=2e-3, val_every=50, val_planes=3, log_every=1, seed=0)
+    model = train_2d(images, annotations, config=config, spacing=(2.0, 0.5, 0.5), device="cpu", progress=False,
+                     val=(test_image, test_labels))
+    assert isinstance(model, TrainedModel) and model.kind == "model2d"
+    assert isinstance(model.network, PatchCNN) and not model.network.training
+    assert model.train_config == config and model.model_config == config.model_config
+    assert model.intensity_normalization == IntensityNormalization() and model.spacing == (2.0, 0.5, 0.5)
+    history = model.history
+    assert history["step"] == list(range(1, 101)) and len(history["loss"]) == len(history["seconds"]) == 100
+    assert "time_s" not in history  # the 2D history is in the 3D one's units now
     assert np.mean(history["loss"][-30:]) < 0.6 * np.mean(history["loss"][:10])
     assert history["val_step"] == [50, 100] and all(0 <= d <= 1 for d in history["val_dice"])
     probability = predict_2d(model, test_image, device="cpu")
     chance = 2 * test_labels.mean() / (test_labels.mean() + 0.5)  # Dice of a coin flip
     assert dice(probability >= 0.5, test_labels) > max(0.65, chance + 0.3)
+    # The last validation scores the returned network on the validation planes, with the one Dice of metrics.
+    planes = np.unique(np.linspace(0, test_image.shape[0] - 1, config.val_planes).round().astype(int))
+    assert history["val_dice"][-1] == pytest.approx(metrics.dice(probability[planes], test_labels[planes]))
 
 
 def test_train_unet2d_learns_from_masked_slices(toy_data):
-    images, _, sparse, (test_image, test_labels) = toy_data
+    images, _, annotations, (test_image, test_labels) = toy_data
     config = Train2DConfig(model="unet2d", steps=60, batch_size=4, patch_size=32, lr=3e-3, base_channels=8,
-                           depth=2, context_planes=1, seed=0)
-    model, history = train_2d(images, sparse, config=config, device="cpu", progress=False)
-    assert isinstance(model, UNet2D) and model.in_channels == 3
-    assert np.mean(history["loss"][-20:]) < 0.85 * np.mean(history["loss"][:10])
+                           depth=2, context_planes=1, log_every=1, seed=0)
+    model = train_2d(images, annotations, config=config, device="cpu", progress=False)
+    assert isinstance(model.network, UNet2D) and model.network.in_channels == 3
+    assert model.model_config == Model2DConfig(model="unet2d", in_channels=3, base_channels=8, depth=2)
+    assert np.mean(model.history["loss"][-20:]) < 0.85 * np.mean(model.history["loss"][:10])
     probability = predict_2d(model, test_image, device="cpu")
     assert dice(probability >= 0.5, test_labels) > 0.5
 
 
 def test_training_is_reproducible(toy_data):
-    images, _, sparse, _ = toy_data
-    config = dataclasses.replace(PRESETS_2D["smoke"], steps=4)
-    runs = [train_2d(images, sparse, config=config, device="cpu", progress=False)[1]["loss"] for _ in range(2)]
-    assert runs[0] == runs[1]
+    images, _, annotations, _ = toy_data
+    config = dataclasses.replace(PRESETS_2D["smoke"], steps=4, log_every=1)
+    runs = [train_2d(images, annotations, config=config, device="cpu", progress=False) for _ in range(2)]
+    assert runs[0].history["loss"] == runs[1].history["loss"]
+    for (key, a), b in zip(runs[0].network.state_dict().items(), runs[1].network.state_dict().values(),
+                           strict=True):
+        assert torch.equal(a, b), key
+
+
+def test_train_2d_takes_raw_integer_stacks(toy_data):
+    # Percentiles undo an affine map of the intensities, so raw counts train like the float original.
+    images, _, annotations, _ = toy_data
+    raw = [np.round((image - image.min()) * 20000).astype(np.uint16) for image in images]
+    spec = IntensityNormalization(low=0.0, high=100.0)
+    config = dataclasses.replace(PRESETS_2D["smoke"], steps=3, log_every=1)
+    runs = [train_2d(stacks, annotations, config=config, intensity_normalization=spec, device="cpu",
+                     progress=False) for stacks in ([spec.apply(r) for r in raw], raw)]
+    assert runs[1].intensity_normalization == spec
+    assert runs[0].history["loss"] == pytest.approx(runs[1].history["loss"], rel=1e-4)
 
 
 def test_train_2d_rejects_bad_input(toy_data):
-    images, dense, sparse, _ = toy_data
+    images, dense, annotations, _ = toy_data
     smoke = PRESETS_2D["smoke"]
 
     def train(imgs, sps, **kw):
         return train_2d(imgs, sps, config=kw.pop("config", smoke), device="cpu", progress=False, **kw)
 
     with pytest.raises(NeurosegInputError, match="axis 1.*moveaxis"):
-        train(images[:1], [ToySparse(sparse[0].labels, sparse[0].annotated, axis=1)])
-    with pytest.raises(NeurosegInputError, match="normalize_percentile"):
-        train([(images[0] * 1000).astype(np.uint16)], sparse[:1])
-    with pytest.raises(NeurosegInputError, match="2 image.*1 sparse label set"):
-        train(images, sparse[:1])
+        train(images[:1], [sparse.from_planes(dense[0], planes=[10, 20], axis=1)])
+    with pytest.raises(NeurosegInputError, match="normalize_percentile"):  # raw counts, but "none" was asked for
+        train([(images[0] * 1000).astype(np.uint16)], annotations[:1],
+              intensity_normalization=IntensityNormalization(method="none"))
+    with pytest.raises(NeurosegInputError, match="2 image.*1 annotation"):
+        train(images, annotations[:1])
     with pytest.raises(NeurosegInputError, match="shape"):
-        train([images[0][:, :30]], sparse[:1])
+        train([images[0][:, :30]], annotations[:1])
     with pytest.raises(NeurosegInputError, match="no voxel is annotated"):
         empty = np.zeros_like(dense[0])
         train(images[:1], [ToySparse(empty, empty)])
     with pytest.raises(NeurosegInputError, match="NaN"):
         bad = images[0].copy()
         bad[0, 0, 0] = np.nan
-        train([bad], sparse[:1])
-    with pytest.raises(NeurosegInputError, match="no images"):
+        train([bad], annotations[:1])
+    with pytest.raises(NeurosegInputError, match="0 image"):
         train([], [])
     with pytest.raises(NeurosegInputError, match=r"\.labels/\.annotated"):
         train(images[:1], [dense[0]])
-    for bad_option in ({"model": "resnet"}, {"steps": 0}, {"context_planes": -1}, {"dropout": 1.0}):
+    for bad_option in ({"model": "resnet"}, {"steps": 0}, {"context_planes": -1}, {"dropout": 1.0},
+                       {"log_every": 0}):
         with pytest.raises(NeurosegInputError, match=next(iter(bad_option))):
-            train(images[:1], sparse[:1], config=dataclasses.replace(smoke, **bad_option))
+            train(images[:1], annotations[:1], config=dataclasses.replace(smoke, **bad_option))
     with pytest.raises(NeurosegInputError, match="val"):
-        train(images[:1], sparse[:1], val=(images[0], dense[0][:4]))
+        train(images[:1], annotations[:1], val=(images[0], dense[0][:4]))
     with pytest.raises(dataclasses.FrozenInstanceError):
         smoke.steps = 3  # the shared presets cannot be edited by accident
     with pytest.warns(UserWarning, match="background"):
-        no_foreground = ToySparse(np.zeros_like(dense[0]), sparse[0].annotated)
+        no_foreground = ToySparse(np.zeros_like(dense[0]), annotations[0].annotated)
         train(images[:1], [no_foreground], config=dataclasses.replace(smoke, steps=2))
 
 
@@ -261,47 +291,44 @@ def test_predict_2d_stacks_reflected_context_planes():
     assert single_plane.shape == (1, 20, 20)
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
 @pytest.mark.parametrize("config", [Train2DConfig(context_planes=1),
-                                    Train2DConfig(model="unet2d", base_channels=4, depth=2)])
-def test_checkpoint_round_trip_gives_identical_predictions(tmp_path, config):
-    image, _ = toy_volume(5, shape=(3, 20, 24))
-    model, history = build_model_2d(config), {"step": [1, 2], "loss": [np.float32(0.7), 0.5]}
-    if config.model == "unet2d":  # make the BatchNorm running statistics non-trivial
-        model.train()(torch.randn(2, 1, 16, 16) * 3 + 1)
-    path = save_2d(tmp_path / "model.pt", model, config=config, history=history)
-    loaded, info = load_2d(path, device="cpu")
-    assert info["config"] == config and info["kind"] == config.model and info["history"]["loss"][1] == 0.5
-    np.testing.assert_array_equal(predict_2d(model, image, device="cpu"), predict_2d(loaded, image, device="cpu"))
+                                    Train2DConfig(model="unet2d", base_channels=4, depth=2, context_planes=1)])
+def test_predict_planes_is_a_subset_of_predict_2d(config):
+    torch.manual_seed(0)
+    image, _ = toy_volume(4, shape=(6, 20, 24))
+    model = build_model_2d(config).train()
+    planes = np.array([0, 3, 5])
+    subset = predict_planes(model, image, planes, batch_size=2, device=torch.device("cpu"))
+    assert subset.shape == (3, 20, 24) and subset.dtype == np.float32
+    assert model.training  # the caller's mode is restored
+    np.testing.assert_allclose(subset, predict_2d(model, image, device="cpu")[planes], atol=1e-6)
 
 
-def test_checkpoint_mismatch_raises(tmp_path):
-    config = Train2DConfig(context_planes=1)
-    model = build_model_2d(config)
-    with pytest.raises(NeurosegInputError, match="3 input channel"):
-        save_2d(tmp_path / "bad.pt", PatchCNN(in_channels=5), config=config)
-    path = save_2d(tmp_path / "model.pt", model, config=config)
-
-    edited = torch.load(path, weights_only=True)
-    edited["config"]["context_planes"] = 0
-    torch.save(edited, tmp_path / "edited.pt")
-    with pytest.raises(NeurosegInputError, match="edited.pt.*context_planes=0"):
-        load_2d(tmp_path / "edited.pt", device="cpu")
-
-    edited["config"]["model"] = "unet2d"
-    torch.save(edited, tmp_path / "kind.pt")
-    with pytest.raises(NeurosegInputError, match="'patch' model"):
-        load_2d(tmp_path / "kind.pt", device="cpu")
-
-    (tmp_path / "junk.pt").write_text("not a checkpoint")
-    with pytest.raises(NeurosegInputError, match="junk.pt"):
-        load_2d(tmp_path / "junk.pt", device="cpu")
-    torch.save({"state_dict": {}}, tmp_path / "other.pt")
-    with pytest.raises(NeurosegInputError, match="save_2d"):
-        load_2d(tmp_path / "other.pt", device="cpu")
-    with pytest.raises(FileNotFoundError, match="missing.pt"):
-        load_2d(tmp_path / "missing.pt", device="cpu")
+def test_predict_2d_normalises_raw_stacks_with_the_models_spec():
+    # Done when: raw uint16 counts (up to 60000) are normalised by the model's stored spec, or refused.
+    torch.manual_seed(0)
+    image, _ = toy_volume(6, shape=(3, 24, 20))
+    raw = np.round(1000 + image * 80000).clip(0, 60000).astype(np.uint16)
+    assert raw.max() == 60000
+    spec = IntensityNormalization(low=2.0, high=98.0)
+    network = PatchCNN().eval()
+    with torch.no_grad():  # larger random weights: an output that visibly depends on the intensities
+        for parameter in network.parameters():
+            parameter.mul_(3.0)
+    model = TrainedModel(network=network, kind="model2d", model_config=Model2DConfig(), intensity_normalization=spec)
+    before = raw.copy()
+    probability = predict_2d(model, raw, device="cpu")
+    np.testing.assert_array_equal(probability, predict_2d(network, spec.apply(raw), device="cpu"))
+    np.testing.assert_array_equal(raw, before)
+    # The spec decides: the default percentiles, or no normalisation at all, give other probabilities.
+    assert np.abs(probability - predict_2d(network, IntensityNormalization().apply(raw), device="cpu")).max() > 1e-4
+    assert np.abs(probability - predict_2d(network, raw.astype(np.float32), device="cpu")).max() > 1e-2
+    with pytest.raises(NeurosegInputError, match="uint16.*TrainedModel"):
+        predict_2d(network, raw, device="cpu")
+    unet = TrainedModel(network=UNet3D(UNet3DConfig(base_channels=2, depth=1)), kind="unet3d",
+                        model_config=UNet3DConfig(base_channels=2, depth=1))
+    with pytest.raises(NeurosegInputError, match="2D model.*predict_volume"):
+        predict_2d(unet, raw, device="cpu")
 
 
 def test_correct_prior_turns_a_balanced_posterior_into_the_true_one():
