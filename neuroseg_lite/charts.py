@@ -3,7 +3,7 @@
 One job: draw results (not images). Training curves and confusion matrices are introduced in
 chapter 3 (``03_train_2d``), scores against the annotation budget in chapter 7
 (``07_sparsity_sweep``). The book reaches these functions through :mod:`neuroseg_lite.plot`, which
-re-exports them, together with the method names of every figure and table, :data:`METHOD_LABELS`.
+re-exports them, together with the method names of every figure and table, ``METHOD_LABELS``.
 
 Every function returns a :class:`matplotlib.figure.Figure` and never calls ``plt.show()``. It draws
 into the axes given (``ax=`` for one panel, ``axes=`` for several) or makes a new figure; new
@@ -21,6 +21,7 @@ from neuroseg_lite._checks import NeurosegInputError
 
 __all__ = ["plot_history", "plot_confusion", "plot_metric_vs_k", "METHOD_LABELS"]
 
+#: The one set of method names for every figure and table of the book (chapters 6-8).
 METHOD_LABELS = {
     "2d": "2D pseudo-labeller",
     "3d_sparse": "3D sparse (λ = 0)",

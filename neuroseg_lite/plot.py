@@ -3,7 +3,7 @@
 One job: draw image volumes with their labels and predictions, to physical scale (axes in µm,
 outlines through pixel centres). Introduced in chapter 1 (``01_data``) and used throughout the
 book. The charts of numbers (training curves, confusion matrices, scores against the annotation
-budget, :data:`METHOD_LABELS`) live in :mod:`neuroseg_lite.charts` and are re-exported here, so
+budget, ``METHOD_LABELS``) live in :mod:`neuroseg_lite.charts` and are re-exported here, so
 ``plot.<name>`` reaches every figure of the book; the notebook slice browser is
 :func:`neuroseg_lite.widgets.slice_browser`.
 
@@ -20,9 +20,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from scipy import ndimage
 
+from neuroseg_lite import charts
 from neuroseg_lite._checks import NeurosegInputError, check_same_shape, check_spacing, check_volume
-from neuroseg_lite.charts import METHOD_LABELS, _figure_axes, _new_figure, plot_confusion, plot_history, \
-    plot_metric_vs_k
+from neuroseg_lite.charts import METHOD_LABELS, plot_confusion, plot_history, plot_metric_vs_k
 from neuroseg_lite.io import binarize_labels
 
 __all__ = ["plot_section", "show_orthogonal", "plot_sections", "render_surfaces", "LABEL_COLOR",
@@ -150,7 +150,7 @@ def plot_section(image, *, labels=None, prediction=None, spacing, plane: str = "
     if vmin is None or vmax is None:
         low, high = _display_range(section)
         vmin, vmax = (low if vmin is None else vmin), (high if vmax is None else vmax)
-    fig, (ax,) = _figure_axes(ax, 1, figsize=(4.5, 4.0), name="ax")
+    fig, (ax,) = charts._figure_axes(ax, 1, figsize=(4.5, 4.0), name="ax")
     _draw_panel(ax, section, pixel=(spacing[row_axis], spacing[col_axis]), cmap=cmap, vmin=vmin, vmax=vmax,
                 outlines=[(None if m is None else np.take(m, index, axis=cut_axis), c) for m, c in masks])
     ax.set_xlabel(f"{'zyx'[col_axis]} (µm)")
@@ -212,7 +212,7 @@ def show_orthogonal(image, *, labels=None, prediction=None, spacing=(1.0, 1.0, 1
     if axes is None:
         if figsize is None:
             figsize = (8.0, 8.0 * (height_y + depth_z) / (width_x + depth_z) + 0.6)
-        fig = _new_figure(figsize=figsize, layout="constrained")
+        fig = charts._new_figure(figsize=figsize, layout="constrained")
         grid = fig.add_gridspec(2, 2, width_ratios=[width_x, depth_z], height_ratios=[height_y, depth_z])
         ax_xy = fig.add_subplot(grid[0, 0])
         ax_yz = fig.add_subplot(grid[0, 1], sharey=ax_xy)
@@ -220,7 +220,7 @@ def show_orthogonal(image, *, labels=None, prediction=None, spacing=(1.0, 1.0, 1
         ax_xy.tick_params(labelbottom=False)
         ax_yz.tick_params(labelleft=False)
     else:
-        fig, (ax_xy, ax_yz, ax_xz) = _figure_axes(axes, 3, figsize=None)
+        fig, (ax_xy, ax_yz, ax_xz) = charts._figure_axes(axes, 3, figsize=None)
 
     sections = {  # name: (axes, 2D image, (row pixel, column pixel), mask slicer)
         "xy": (ax_xy, image[z], (sy, sx), lambda m: m[z]),
@@ -324,26 +324,25 @@ def plot_sections(image, predictions: dict, *, labels, spacing, positions, plane
         if figsize is None:
             aspect = image.shape[0] * sz / (2 * half * pixel)
             figsize = (2.0 * n_cols, 2.0 * aspect * n_rows + 0.6)
-        fig = _new_figure(figsize=figsize, layout="constrained")
+        fig = charts._new_figure(figsize=figsize, layout="constrained")
         axes = fig.subplots(n_rows, n_cols, squeeze=False)
         fig.legend(handles=[Line2D([], [], color=LABEL_COLOR, label="truth"),
                             Line2D([], [], color=PREDICTION_COLOR, label="prediction")],
                    loc="outside lower center", ncols=2, fontsize=8, frameon=False)
     else:
-        fig, given = _figure_axes(axes, n_rows * n_cols, figsize=None)
+        fig, given = charts._figure_axes(axes, n_rows * n_cols, figsize=None)
         axes = np.array(given, dtype=object).reshape(n_rows, n_cols)
-    for row, (z, y, x) in enumerate(positions):
+    for row, (_, y, x) in enumerate(positions):
         centre, size = (x, image.shape[2]) if plane == "xz" else (y, image.shape[1])
         lo, hi = max(0, centre - half), min(size, centre + half + 1)
-
-        def cut(volume):
-            return volume[:, y, lo:hi] if plane == "xz" else volume[:, lo:hi, x]
-
-        section = cut(image)
+        window = (slice(None), y, slice(lo, hi)) if plane == "xz" else (slice(None), slice(lo, hi), x)
+        section = image[window]
         low, high = _display_range(section)
         for col, (name, mask) in enumerate([("truth", None), *masks.items()]):
             ax = axes[row, col]
-            outlines = [(cut(label_mask), LABEL_COLOR)] + ([] if mask is None else [(cut(mask), PREDICTION_COLOR)])
+            outlines = [(label_mask[window], LABEL_COLOR)]
+            if mask is not None:
+                outlines.append((mask[window], PREDICTION_COLOR))
             _draw_panel(ax, section, pixel=(sz, pixel), origin=(0, lo), outlines=outlines,
                         vmin=low if vmin is None else vmin, vmax=high if vmax is None else vmax)
             ax.set_xlim(lo * pixel, hi * pixel)
@@ -429,7 +428,7 @@ def render_surfaces(labels, *, spacing, prediction=None, max_objects: int = 6, s
         pred_parts = [(pred_components == i, pred_boxes[i - 1]) for i in touched if i > 0][:3 * len(chosen)]
         panels.append(("prediction", pred_mask, pred_parts))
 
-    fig, axes = _figure_axes(axes, len(panels), figsize=figsize or (4.8 * len(panels), 4.6), projection="3d")
+    fig, axes = charts._figure_axes(axes, len(panels), figsize=figsize or (4.8 * len(panels), 4.6), projection="3d")
     if any(getattr(ax, "name", "") != "3d" for ax in axes):
         raise NeurosegInputError("render_surfaces draws into 3D axes: make them with projection='3d'.")
     nz, ny, nx = label_mask.shape
