@@ -70,11 +70,12 @@ def read_stack(path, *, lazy: bool = False):
 
     Examples
     --------
-    >>> path = write_stack("stack.tif", np.zeros((4, 8, 8), np.uint16), spacing=(2.0, 0.9, 0.9))
+    >>> stack = np.zeros((4, 8, 8), np.uint16)
+    >>> path = write_stack("stack.tif", stack, spacing=(2.0, 0.9, 0.9))
     >>> image, spacing = read_stack(path)
     >>> image.shape, image.dtype, spacing
     ((4, 8, 8), dtype('uint16'), (2.0, 0.9, 0.9))
-    >>> lazy, _ = read_stack(path, lazy=True)  # an uncompressed file is memory-mapped
+    >>> lazy, _ = read_stack(path, lazy=True)  # uncompressed: memory-mapped
     >>> type(lazy).__name__
     'memmap'
     """
@@ -184,12 +185,12 @@ def write_stack(path, image, *, spacing, overwrite: bool = False, compression=No
     Examples
     --------
     >>> mask = np.zeros((2, 4, 4), bool)
-    >>> write_stack("mask.tif", mask, spacing=(1.0, 0.5, 0.5)).name  # written as uint8 0/255
+    >>> write_stack("mask.tif", mask, spacing=(1.0, 0.5, 0.5)).name  # as uint8 0/255
     'mask.tif'
     >>> write_stack("mask.tif", mask, spacing=(1.0, 0.5, 0.5))
     Traceback (most recent call last):
     ...
-    FileExistsError: 'mask.tif' already exists and was left untouched. Pass overwrite=True to replace it, ...
+    FileExistsError: 'mask.tif' already exists and was left untouched. Pass ...
     """
     path = Path(path)
     array = check_volume(image, name="image")
@@ -246,12 +247,12 @@ def binarize_labels(labels, *, name: str = "labels") -> np.ndarray:
 
     Examples
     --------
-    >>> binarize_labels(np.array([[[0, 1, 255, 7]]])).tolist()  # binary, 0/255 or instance ids
+    >>> binarize_labels(np.array([[[0, 1, 255, 7]]])).tolist()  # 0/1, 0/255 or ids
     [[[False, True, True, True]]]
     >>> binarize_labels(np.array([[[0.0, 0.7]]]))
     Traceback (most recent call last):
     ...
-    neuroseg_lite._checks.NeurosegInputError: labels contain fractional values, so they are neither binary ...
+    neuroseg_lite._checks.NeurosegInputError: labels contain fractional values, ...
     """
     labels = check_volume(labels, name=name)
     if labels.dtype == bool:
@@ -344,7 +345,8 @@ def load_pair(image_path, label_path, *, spacing=None):
     --------
     >>> labels = np.zeros((4, 8, 8), np.uint8)
     >>> labels[1:3, 2:5, 2:5] = 255
-    >>> _ = write_stack("raw.tif", np.ones((4, 8, 8), np.uint16), spacing=(2.0, 0.9, 0.9))
+    >>> raw = np.ones((4, 8, 8), np.uint16)
+    >>> _ = write_stack("raw.tif", raw, spacing=(2.0, 0.9, 0.9))
     >>> _ = write_stack("labels.tif", labels, spacing=(2.0, 0.9, 0.9))
     >>> image, mask, spacing = load_pair("raw.tif", "labels.tif")
     >>> mask.dtype, int(mask.sum()), spacing
@@ -386,7 +388,8 @@ def describe_stack(image, spacing=None) -> dict:
 
     Examples
     --------
-    >>> info = describe_stack(np.arange(100, dtype=np.uint16).reshape(1, 10, 10), spacing=(2.0, 0.5, 0.5))
+    >>> image = np.arange(100, dtype=np.uint16).reshape(1, 10, 10)
+    >>> info = describe_stack(image, spacing=(2.0, 0.5, 0.5))
     >>> info["shape"], info["size_um"], info["p50"]
     ((1, 10, 10), (2.0, 5.0, 5.0), 49.5)
     """

@@ -138,7 +138,8 @@ def simulate_sparse(labels, *, n_slices: int, axis: int = 0, mode: str = "even",
     >>> annotation = simulate_sparse(labels, n_slices=2)
     >>> annotation.planes, annotation.fraction
     ((2, 6), 0.25)
-    >>> int(annotation.annotated.sum()), int(annotation.labels.sum())  # 2 planes of 4 x 4; object on plane 2
+    >>> # 2 annotated planes of 4 x 4 voxels; the object shows on plane 2 only
+    >>> int(annotation.annotated.sum()), int(annotation.labels.sum())
     (32, 4)
     """
     dense = binarize_labels(labels)

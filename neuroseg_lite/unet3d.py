@@ -85,7 +85,7 @@ def pool_factors(config: UNet3DConfig) -> list[tuple[int, int, int]]:
 
     Examples
     --------
-    >>> pool_factors(UNet3DConfig(depth=3))  # the first pooling leaves z alone (anisotropic voxels)
+    >>> pool_factors(UNet3DConfig(depth=3))  # the first pooling leaves z alone
     [(1, 2, 2), (2, 2, 2), (2, 2, 2)]
     """
     factors = [(2, 2, 2)] * config.depth
@@ -115,7 +115,7 @@ def n_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
 
     Examples
     --------
-    >>> n_parameters(torch.nn.Conv3d(1, 4, kernel_size=3))  # 4 * 27 weights + 4 biases
+    >>> n_parameters(torch.nn.Conv3d(1, 4, kernel_size=3))  # 4 * 27 weights, 4 biases
     112
     """
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
@@ -181,7 +181,7 @@ class UNet3D(nn.Module):
     >>> model = UNet3D(UNet3DConfig(base_channels=4, depth=2))
     >>> model.divisor
     (2, 4, 4)
-    >>> tuple(model(torch.zeros(1, 1, 4, 16, 16)).shape)  # one logit per voxel, same size as the input
+    >>> tuple(model(torch.zeros(1, 1, 4, 16, 16)).shape)  # one logit per voxel
     (1, 1, 4, 16, 16)
     """
 

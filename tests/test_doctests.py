@@ -28,6 +28,22 @@ def test_examples_run(name, tmp_path, monkeypatch):
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples in {name} failed (see above)"
 
 
+# The API page shows examples in code blocks as wide as a notebook's code cells (see test_notebook_format.py).
+EXAMPLE_LINE_LENGTH = 88
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_examples_fit_the_rendered_page(name):
+    long_lines = []
+    for test in doctest.DocTestFinder().find(importlib.import_module(name)):
+        for example in test.examples:
+            shown = [">>> " + line for line in example.source.splitlines()] + example.want.splitlines()
+            shown += (example.exc_msg or "").splitlines()
+            long_lines += [f"{test.name}: {line}" for line in shown if len(line) > EXAMPLE_LINE_LENGTH]
+    assert long_lines == [], f"example lines over {EXAMPLE_LINE_LENGTH} characters (shorten them):\n" + "\n".join(
+        long_lines)
+
+
 @pytest.mark.parametrize("name", MODULES)
 def test_module_says_its_job(name):
     module = importlib.import_module(name)
