@@ -32,6 +32,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from neuroseg_lite import synthconfig
 from neuroseg_lite._checks import NeurosegInputError
 from neuroseg_lite._synthgeometry import (
     _UM3_PER_MM3,
@@ -45,9 +46,12 @@ from neuroseg_lite._synthgeometry import (
     _segment_distance,
     _vessel_paths,
 )
-from neuroseg_lite.synthconfig import PRESETS, SynthConfig, make_config, resolve_config
+from neuroseg_lite.synthconfig import SynthConfig, make_config, resolve_config
 
 __all__ = ["SynthConfig", "SynthVolume", "SynthDataset", "PRESETS", "make_config", "make_volume", "make_dataset"]
+
+#: The named configurations: the same dict as :data:`neuroseg_lite.synthconfig.PRESETS`.
+PRESETS = synthconfig.PRESETS
 
 
 @dataclass(repr=False)

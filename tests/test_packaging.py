@@ -114,6 +114,8 @@ def _package_imports() -> dict[str, set[str]]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("neuroseg_lite."):
                 deps.add(node.module.split(".")[1])
+            elif isinstance(node, ast.ImportFrom) and node.module == "neuroseg_lite":  # from neuroseg_lite import io
+                deps |= {a.name for a in node.names}
             elif isinstance(node, ast.Import):
                 deps |= {a.name.split(".")[1] for a in node.names if a.name.startswith("neuroseg_lite.")}
         graph[path.stem] = deps - {path.stem}
