@@ -50,7 +50,7 @@ from neuroseg_lite.synthconfig import SynthConfig, make_config, resolve_config
 
 __all__ = ["SynthConfig", "SynthVolume", "SynthDataset", "PRESETS", "make_config", "make_volume", "make_dataset"]
 
-#: The named configurations: the same dict as :data:`neuroseg_lite.synthconfig.PRESETS`.
+#: The named configurations, the same dict as :data:`neuroseg_lite.synthconfig.PRESETS`.
 PRESETS = synthconfig.PRESETS
 
 
