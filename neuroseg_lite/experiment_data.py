@@ -133,7 +133,7 @@ def synthetic_data(*, preset: str = "tutorial", seed: int = 0, n_train: int = 3,
     Parameters
     ----------
     preset : str
-        A preset of :data:`neuroseg_lite.synth.PRESETS` (``"tutorial"`` for the book, ``"tiny"`` for smoke runs).
+        A preset of :data:`neuroseg_lite.synthconfig.PRESETS` (``"tutorial"`` for the book, ``"tiny"`` for smoke runs).
     seed : int
     n_train : int
     workdir : path-like, optional

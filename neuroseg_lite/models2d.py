@@ -391,7 +391,7 @@ class Train2DConfig:
         return self.batch_size if self.batch_size is not None else _DEFAULT_BATCH[self.model]
 
     def validate(self) -> Train2DConfig:
-        """Raise :class:`NeurosegInputError` naming the first unusable option."""
+        """Raise :class:`~neuroseg_lite.NeurosegInputError` naming the first unusable option."""
         if self.model not in MODEL_KINDS:
             raise NeurosegInputError(f"Train2DConfig.model must be one of {MODEL_KINDS}, got {self.model!r}.")
         positive = {"steps": self.steps, "lr": self.lr, "patch_size": self.patch_size,
@@ -422,6 +422,7 @@ class Train2DConfig:
         return cls(**values)
 
 
+#: 2D training budgets by name: "smoke", "cpu", "gpu".
 PRESETS_2D: dict[str, Train2DConfig] = {
     # A few steps: checks that everything runs (tests, CI), learns next to nothing.
     "smoke": Train2DConfig(steps=10, batch_size=16, patch_size=64, val_every=5, val_planes=2),

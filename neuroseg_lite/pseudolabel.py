@@ -5,8 +5,8 @@ Introduced in chapter 4 (``04_pseudo_labels``). The networks and their config ar
 
 Two pseudo-labellers are available:
 
-- ``"patch"``: the paper authors' 32x32 patch classifier (:class:`PatchCNN`), trained on class-balanced
-  patches centred on annotated pixels only, then run as an exact dense map (one value per pixel).
+- ``"patch"``: the paper authors' 32x32 patch classifier (:class:`~neuroseg_lite.models2d.PatchCNN`), trained on
+  class-balanced patches centred on annotated pixels only, then run as an exact dense map (one value per pixel).
 - ``"unet2d"``: a small 2D U-Net trained on crops of the annotated slices, the loss masked to annotated
   pixels. Not in the paper; a common modern alternative.
 
