@@ -155,17 +155,25 @@ def test_runs_are_canonical_and_sweep_returns_exactly_the_grid(tiny_volumes, tmp
 
 def test_results_files_of_earlier_versions_are_read_or_refused(tiny_volumes, tmp_path):
     train, test = tiny_volumes
+    data = experiment.prepare_data([train.image], [train.labels], test.image, test.labels, train.spacing,
+                                   name="tiny")
+
+    def run(results_file):
+        return experiment.sweep(data, n_slices=(1,), seeds=(0,), methods=("2d",), preset="smoke",
+                                workdir=tmp_path, results_file=results_file, device="cpu")
+
     old = tmp_path / "old.csv"
     pd.DataFrame([{"data": "tiny", "method": "2d", "normalization": "none", "dice": 0.5}]).to_csv(old, index=False)
     before = old.read_bytes()
     with pytest.raises(NeurosegInputError, match="without run keys"):
-        _compare(tiny_volumes, tmp_path, results_file=old)
+        run(old)
     assert old.read_bytes() == before
     renamed = tmp_path / "renamed.csv"
-    table = _compare(tiny_volumes, tmp_path, results_file=renamed)
+    table = run(renamed)
     table.rename(columns={"loss_normalization": "normalization"}).to_csv(renamed, index=False)
-    again = _compare(tiny_volumes, tmp_path, results_file=renamed)
-    assert list(again["loss_normalization"]) == list(table["loss_normalization"])
+    again = run(renamed)
+    assert list(again["loss_normalization"]) == list(table["loss_normalization"]) == ["none"]
+    assert len(pd.read_csv(renamed)) == 1  # the renamed row was recognised by its key, not run again
 
 
 def test_bad_arguments_are_named(tiny_volumes, tmp_path):
