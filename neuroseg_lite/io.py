@@ -11,8 +11,6 @@ TIFF plumbing below these functions (opening, metadata, :class:`~neuroseg_lite.t
 from __future__ import annotations
 
 import errno
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from neuroseg_lite._checks import (
     check_spacing,
     check_volume,
 )
+from neuroseg_lite.cache import atomic_write
 from neuroseg_lite.tiff import LazyStack, file_spacing, open_tiff
 
 __all__ = [
@@ -208,15 +207,9 @@ def write_stack(path, image, *, spacing, overwrite: bool = False, compression=No
                               "overwrite=True to replace it, or choose another file name.")
     data = _imagej_compatible(array)
     z, y, x = spacing
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(handle)
-    try:
-        tifffile.imwrite(temp_name, data, imagej=True, resolution=(1.0 / x, 1.0 / y),
-                         metadata={"spacing": z, "unit": "um", "axes": "ZYX"}, compression=compression)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: tifffile.imwrite(
+        tmp, data, imagej=True, resolution=(1.0 / x, 1.0 / y), metadata={"spacing": z, "unit": "um", "axes": "ZYX"},
+        compression=compression))
     return path
 
 
