@@ -3,17 +3,19 @@
 Run from the repository root:  .venv/bin/python benchmarks/bench_infer3d.py [--steps 100] [--threads 2]
 MONAI is a benchmark-only extra (``.venv/bin/pip install monai``); the package never imports it.
 
-1. Trains a 3D U-Net briefly (``train_3d``, "cpu" preset shortened to ``--steps``, dense labels of three
-   synthetic "small" stacks) so that both sides blend the outputs of a real model, not of random weights, and
-   saves the checkpoint in a temporary folder.
+1. Trains a 3D U-Net briefly (``train_3d`` on the raw stacks with its default intensity normalisation, "cpu"
+   preset shortened to ``--steps``, dense labels of three synthetic "small" stacks) so that both sides blend the
+   outputs of a real model, not of random weights, and saves it (``checkpoint.save_model``) in a temporary folder.
 2. Builds a 64 x 512 x 512 test stack from four synthetic "tutorial" stacks (64 x 256 x 256, each normalised
    with ``normalize_percentile``) laid side by side, saved as .npy.
 3. Runs each side in its own subprocess, so each peak memory is its own:
-   (a) ours: ``predict_volume(model, volume)`` at its defaults;
+   (a) ours: ``predict_volume(network, volume)`` at its defaults, with the bare network (``TrainedModel.network``)
+       on the already normalised volume, so that both sides get the very same input and no normalisation is timed;
    (b) MONAI used the usual way: ``sliding_window_inference`` on the whole volume as a (1, 1, Z, Y, X) tensor,
        roi_size = the training patch (16, 64, 64), sw_batch_size=4, overlap=0.5, mode="gaussian", under
        ``torch.inference_mode``, then ``torch.sigmoid``.
-   Both load the same checkpoint with ``load_checkpoint`` and the whole volume with ``np.load`` before timing.
+   Both load the same model file with ``checkpoint.load_model`` and the whole volume with ``np.load`` before
+   timing.
 4. Computes an exact reference: one forward pass of the untiled central 64 x 256 x 256 block (a third
    subprocess). The default U-Net's receptive field reaches 46 voxels in y and x, so on the central
    64 x 128 x 128 of that block this equals a whole-volume pass (no tiles, no blending) up to float rounding.
@@ -76,15 +78,15 @@ def worker(side: str, workdir: Path, threads: int) -> None:
 
     import torch
 
-    from neuroseg_lite.train import load_checkpoint
+    from neuroseg_lite.checkpoint import load_model
 
     torch.set_num_threads(threads)
     if side == "monai":
         from monai.inferers import sliding_window_inference
     else:
         from neuroseg_lite.infer import predict_volume
-    model, info = load_checkpoint(workdir / "model.pt", device="cpu")
-    patch = tuple(info["train_config"].patch_size)
+    trained = load_model(workdir / "model.pt", kind="unet3d", device="cpu")
+    model, patch = trained.network, tuple(trained.train_config.patch_size)
     volume = np.load(workdir / "volume.npy")
     gc.collect()
     peak_so_far = _status_mb("VmHWM")
@@ -121,21 +123,22 @@ def prepare(workdir: Path, steps: int, threads: int) -> float:
     """Train and save the model, build the test volume; return the training time in seconds."""
     import torch
 
+    from neuroseg_lite.checkpoint import save_model
     from neuroseg_lite.io import normalize_percentile
+    from neuroseg_lite.sparse import from_planes
     from neuroseg_lite.synth import make_volume
     from neuroseg_lite.train import make_train_config, train_3d
     from neuroseg_lite.unet3d import UNet3DConfig
 
     torch.set_num_threads(threads)
     train = [make_volume(seed=seed, preset="small") for seed in (1, 2, 3)]
-    images = [normalize_percentile(v.image) for v in train]
-    labels = [v.labels for v in train]
-    annotated = [np.ones(v.labels.shape, bool) for v in train]
+    images = [v.image for v in train]  # raw: train_3d normalises them (percentiles 1 and 99.8 by default)
+    dense = [from_planes(v.labels, planes=range(v.labels.shape[0])) for v in train]
     config = make_train_config("cpu", steps=steps, val_every=0, seed=0)
     start = time.perf_counter()
-    train_3d(images, labels, annotated, config=config, model_config=UNet3DConfig(), device="cpu",
-             checkpoint_path=workdir / "model.pt", progress=False)
+    model = train_3d(images, dense, config=config, model_config=UNet3DConfig(), device="cpu", progress=False)
     train_seconds = time.perf_counter() - start
+    save_model(workdir / "model.pt", model)
 
     half_y, half_x = TEST_SHAPE[1] // 2, TEST_SHAPE[2] // 2
     volume = np.empty(TEST_SHAPE, np.float32)

@@ -2,9 +2,9 @@
 
 Run from the repository root:  .venv/bin/python benchmarks/bench_train3d.py [--preset cpu] [--threads 2]
 
-"step" is exactly what ``train_3d`` does per iteration (``_Trainer.step``: learning-rate update, patch sampling,
-augmentation, host-to-device copy, forward, weighted loss, backward, Adam step, weight-average update);
-"bare" is ``_Trainer.optimize`` on pre-made batches (forward, loss, backward, Adam step). Both are timed
+"step" is exactly what ``train_3d`` does per iteration (``train.learning_rate`` and ``Trainer3D.step``: learning-rate
+update, patch sampling, augmentation, host-to-device copy, forward, weighted loss, backward, Adam step, weight-average
+update); "bare" is ``Trainer3D.optimize`` on pre-made batches (forward, loss, backward, Adam step). Both are timed
 interleaved, in alternating order, on the same model, so machine load affects them alike; medians are reported.
 The step index is taken inside the weight-averaging window, the dearer part of training. The achieved rate counts
 the U-Net forward FLOPs with ``torch.utils.flop_counter.FlopCounterMode`` and multiplies by 3 for forward +
@@ -13,6 +13,11 @@ goes to MKL and the convolutions to oneDNN, so the "peak" is a reference point, 
 sgemm can run slower than oneDNN's convolutions. Besides the five requested figures the line has overhead_min
 (ratio of the fastest step to the fastest bare step, less sensitive to other jobs on a shared machine) and
 loop_extra_s (sampling, augmentation, copy and weight averaging timed alone). Prints one JSON line.
+The training volumes are raw float stacks, normalised by the trainer itself (``IntensityNormalization()``, as
+``train_3d`` does by default). A quick check that it runs::
+
+    .venv/bin/python benchmarks/bench_train3d.py --preset smoke --shape 16 64 64 --base-channels 4 --repeats 2 \
+        --warmup 1
 """
 from __future__ import annotations
 
@@ -25,13 +30,15 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from neuroseg_lite.train import _build_trainer, make_train_config
+from neuroseg_lite.intensity import IntensityNormalization
+from neuroseg_lite.sparse import from_planes
+from neuroseg_lite.train import _build_trainer, learning_rate, make_train_config
 from neuroseg_lite.unet3d import UNet3DConfig
 from neuroseg_lite.utils import select_device
 
 
 def synthetic_volume(shape, seed):
-    """Bright blobs on noise, labels, one annotated plane in 8 and noisy pseudo-label probabilities."""
+    """Bright blobs on noise, their sparse annotation (one plane in 8) and noisy pseudo-label probabilities."""
     rng = np.random.default_rng(seed)
     zz, yy, xx = np.indices(shape, sparse=True)
     labels = np.zeros(shape, bool)
@@ -39,10 +46,9 @@ def synthetic_volume(shape, seed):
         cz, cy, cx = (rng.integers(s) for s in shape)
         labels |= ((zz - cz) * 2.0) ** 2 + (yy - cy) ** 2 + (xx - cx) ** 2 < rng.uniform(6, 12) ** 2
     image = (labels + rng.normal(0, 0.4, shape)).astype(np.float32)
-    annotated = np.zeros(shape, bool)
-    annotated[4::8] = True
+    annotation = from_planes(labels, planes=range(4, shape[0], 8))
     pseudo = np.clip(labels * 0.8 + rng.uniform(0, 0.3, shape), 0, 1).astype(np.float32)
-    return image, labels, annotated, pseudo
+    return image, annotation, pseudo
 
 
 def sync(device):
@@ -79,20 +85,24 @@ def main():
     device = select_device(args.device)
 
     volumes = [synthetic_volume(tuple(args.shape), seed) for seed in range(2)]
-    images, labels, annotated, pseudo = (list(v) for v in zip(*volumes))
+    images, annotations, pseudo = (list(v) for v in zip(*volumes, strict=True))
     config = make_train_config(args.preset)
     model_config = UNet3DConfig(base_channels=args.base_channels)
-    trainer = _build_trainer(images, labels, annotated, pseudo=pseudo, config=config, model_config=model_config,
-                             device=device)
+    trainer = _build_trainer(images, annotations, pseudo=pseudo, config=config, model_config=model_config,
+                             intensity=IntensityNormalization(), device=device)
     # Pre-made batches drawn by the same sampler, so both timings see the same data distribution.
     premade = [trainer.next_batch() for _ in range(args.warmup + args.repeats)]
     lam = config.lam
     step_index = trainer.average_start  # inside the averaging window
 
+    def loop_step():  # one iteration of train_3d's loop
+        return trainer.step(step_index, learning_rate(step_index, config))
+
     for batch in premade[:args.warmup]:
-        trainer.step(step_index)
+        loop_step()
         trainer.optimize(batch, lam)
     sync(device)
+
     def timed(run):
         start = time.perf_counter()
         run()
@@ -103,15 +113,16 @@ def main():
     for i, batch in enumerate(premade[args.warmup:]):
         # Alternate which of the two goes first so that neither always follows the other.
         if i % 2:
-            bare_times.append(timed(lambda: trainer.optimize(batch, lam)))
-        step_times.append(timed(lambda: trainer.step(step_index)))
+            bare_times.append(timed(lambda batch=batch: trainer.optimize(batch, lam)))
+        step_times.append(timed(loop_step))
         if not i % 2:
-            bare_times.append(timed(lambda: trainer.optimize(batch, lam)))
+            bare_times.append(timed(lambda batch=batch: trainer.optimize(batch, lam)))
 
     # The loop's own work, timed alone: it is small, so contention noise in step_s - bare_step_s can hide it.
     def extra():
         trainer.next_batch()
-        trainer.average.update(trainer.model)
+        if trainer.average is not None:  # average="none" has no weight averaging
+            trainer.average.update(trainer.model)
 
     extra_s = statistics.median(timed(extra) for _ in range(args.repeats))
 

@@ -22,6 +22,7 @@ Prints one JSON line per (candidate, method, seed), then a summary line per cand
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -50,16 +51,14 @@ def main() -> None:
         data = experiment.synthetic_data(preset="small", seed=0, workdir=workdir)
         summary = {}
         for name, budget in CANDIDATES.items():
-            preset = experiment.ExperimentPreset(
-                f"calib-{name}", train_2d=sweep_preset.train_2d, train_3d=sweep_preset.train_3d,
-                model_3d=sweep_preset.model_3d, overrides_2d=sweep_preset.overrides_2d,
-                overrides_3d={**sweep_preset.overrides_3d, **budget})
+            preset = dataclasses.replace(sweep_preset, name=f"calib-{name}",
+                                         overrides_3d={**sweep_preset.overrides_3d, **budget})
             pipeline = experiment.Pipeline(data, preset=preset, workdir=workdir, progress=False)
             scores = {"3d_dense": [], "3d_sparse": []}
             for seed in args.seeds:
                 for method in scores:
                     start = time.perf_counter()
-                    row = pipeline.evaluate(method, n_slices=1, seed=seed)
+                    row = pipeline.evaluate(experiment.Run(method, n_slices=1, seed=seed))
                     scores[method].append(row["dice"])
                     print(json.dumps({"candidate": name, "method": method, "seed": seed, "dice": round(row["dice"], 3),
                                       "seconds": round(time.perf_counter() - start, 1)}), flush=True)
