@@ -62,7 +62,7 @@ class IntensityNormalization:
         """Return the normalised float32 copy of ``image`` (Z, Y, X); the input is never modified."""
         image = check_volume(image, name=name)
         if self.method == "percentile":
-            return normalize_percentile(image, low=self.low, high=self.high, clip=self.clip)
+            return normalize_percentile(image, low=self.low, high=self.high, clip=self.clip, name=name)
         if not np.issubdtype(image.dtype, np.floating):
             raise NeurosegInputError(
                 f"{name} has dtype {image.dtype} (raw detector counts?), but this model was trained on images "

@@ -271,7 +271,8 @@ def binarize_labels(labels, *, name: str = "labels") -> np.ndarray:
     return labels > 0
 
 
-def normalize_percentile(image, *, low: float = 1.0, high: float = 99.8, clip: bool = False) -> np.ndarray:
+def normalize_percentile(image, *, low: float = 1.0, high: float = 99.8, clip: bool = False,
+                         name: str = "image") -> np.ndarray:
     """Map the ``low`` and ``high`` intensity percentiles to 0 and 1.
 
     Parameters
@@ -282,6 +283,8 @@ def normalize_percentile(image, *, low: float = 1.0, high: float = 99.8, clip: b
         Percentiles in [0, 100] with ``low < high``.
     clip : bool
         Clip the result to [0, 1]; by default values beyond the percentiles stay outside [0, 1].
+    name : str
+        How the image is called in error messages.
 
     Returns
     -------
@@ -299,14 +302,14 @@ def normalize_percentile(image, *, low: float = 1.0, high: float = 99.8, clip: b
     >>> out.dtype, float(out.min()), float(out.max())
     (dtype('float32'), 0.0, 1.0)
     """
-    image = check_volume(image, name="image")
-    check_image_values(image, name="image")
+    image = check_volume(image, name=name)
+    check_image_values(image, name=name)
     if not (0.0 <= low < high <= 100.0):
         raise NeurosegInputError(f"percentiles must satisfy 0 <= low < high <= 100, got low={low}, high={high}.")
     lo, hi = np.percentile(image, [low, high])
     if hi <= lo:
         raise NeurosegInputError(
-            f"the {low}th and {high}th percentiles of image are both {lo!r} (most voxels share one value), so "
+            f"the {low}th and {high}th percentiles of {name} are both {lo!r} (most voxels share one value), so "
             "they cannot be mapped to 0 and 1. Widen the range, e.g. low=0.0, high=100.0.")
     out = image.astype(np.float32)
     out -= np.float32(lo)
