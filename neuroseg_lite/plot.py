@@ -116,12 +116,13 @@ def plot_section(image, *, labels=None, prediction=None, spacing, plane: str = "
     --------
     >>> import numpy as np
     >>> labels = np.zeros((4, 6, 8), bool); labels[1:3, 2:4, 2:6] = True
-    >>> fig = plot_section(labels.astype(float), labels=labels, spacing=(2.0, 0.5, 0.5), plane="xz",
-    ...                    index=2)
+    >>> fig = plot_section(labels.astype(float), labels=labels,
+    ...                    spacing=(2.0, 0.5, 0.5), plane="xz", index=2)
     >>> ax = fig.axes[0]
     >>> ax.get_xlabel(), ax.get_ylabel(), ax.get_title()
     ('x (µm)', 'z (µm)', 'XZ, y = 2')
-    >>> [float(v) for v in ax.images[0].get_extent()]  # 8 pixels of 0.5 µm, 4 planes of 2 µm, z down
+    >>> # x: 8 pixels of 0.5 µm; z: 4 planes of 2 µm, drawn downwards
+    >>> [float(v) for v in ax.images[0].get_extent()]
     [0.0, 4.0, 8.0, 0.0]
     """
     if plane not in _PLANES:

@@ -100,7 +100,7 @@ class SynthVolume:
         return float(self.labels.mean())
 
     def __repr__(self) -> str:
-        return (f"SynthVolume(shape={self.image.shape}, spacing={self.spacing} um, n_somata={self.n_somata}, "
+        return (f"SynthVolume(shape={self.image.shape}, spacing={self.spacing} µm, n_somata={self.n_somata}, "
                 f"foreground_fraction={self.foreground_fraction:.3f}, seed={self.seed})")
 
 
@@ -119,7 +119,7 @@ class SynthDataset:
 
     def __repr__(self) -> str:
         return (f"SynthDataset(n_train={len(self.train_images)}, shape={self.test_image.shape}, "
-                f"spacing={self.spacing} um, seeds={self.seeds})")
+                f"spacing={self.spacing} µm, seeds={self.seeds})")
 
 
 # ---------------------------------------------------------------------------------------------- rendering
