@@ -260,7 +260,7 @@ def make_volume(*, seed=0, preset: str = "tutorial", config: SynthConfig | None 
     >>> volume.image.shape, volume.image.dtype, volume.labels.dtype, volume.spacing
     ((16, 64, 64), dtype('uint16'), dtype('bool'), (2.0, 0.9, 0.9))
     >>> volume
-    SynthVolume(shape=(16, 64, 64), spacing=(2.0, 0.9, 0.9) um, n_somata=..., seed=0)
+    SynthVolume(shape=(16, 64, 64), spacing=(2.0, 0.9, 0.9) µm, n_somata=..., seed=0)
     >>> again = make_volume(seed=0, preset="tiny")  # same seed, same stack
     >>> bool((again.image == volume.image).all())
     True
