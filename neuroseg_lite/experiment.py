@@ -1,4 +1,4 @@
-"""The paper's comparison: how each run is made and scored (:class:`Pipeline`), over grids of runs (:func:`sweep`).
+"""The paper's comparison: each run made and scored by a :class:`~neuroseg_lite.experiment.Pipeline`, grids of runs.
 
 Introduced in chapter 7 (``07_sparsity_sweep``); the runs themselves and the budgets are in
 :mod:`neuroseg_lite.runs` (re-exported here). Chapters 3-6 use the same :class:`Pipeline` step by step, so a
@@ -99,7 +99,7 @@ class Pipeline:
 
     @property
     def min_object_voxels(self) -> int:
-        """Size floor of object scores, in voxels: predicted objects smaller than a 4 µm sphere are specks."""
+        """The size floor of object scores in voxels (predicted objects smaller than a 4 µm sphere are specks)."""
         voxel_volume = float(np.prod(self.data.spacing))
         return max(1, int(round(4.0 / 3.0 * np.pi * 2.0**3 / voxel_volume)))
 
@@ -324,7 +324,8 @@ def sweep(data: Data, *, n_slices=(1, 2, 4, 8, 16), seeds=(0, 1, 2), lams=(0.5,)
     Returns
     -------
     pandas.DataFrame
-        Exactly one row per distinct :class:`Run` of the grid (see :func:`grid`; the dense bound once per
+        Exactly one row per distinct :class:`~neuroseg_lite.runs.Run` of the grid (see
+        :func:`~neuroseg_lite.runs.grid`; the dense bound once per
         seed), in grid order. Other rows of the results file are kept in the file but not returned.
     """
     runs = grid(methods=methods, n_slices=n_slices, seeds=seeds, lams=lams, pseudo_modes=pseudo_modes,

@@ -422,7 +422,7 @@ class Train2DConfig:
         return cls(**values)
 
 
-#: 2D training budgets by name: "smoke", "cpu", "gpu".
+#: The 2D training budgets by name ("smoke", "cpu", "gpu").
 PRESETS_2D: dict[str, Train2DConfig] = {
     # A few steps: checks that everything runs (tests, CI), learns next to nothing.
     "smoke": Train2DConfig(steps=10, batch_size=16, patch_size=64, val_every=5, val_planes=2),

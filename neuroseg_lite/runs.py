@@ -1,4 +1,4 @@
-"""What the comparison runs: the methods, a :class:`Run` (a method with its knobs), grids of runs, and budgets.
+"""What the comparison runs: the methods, a :class:`~neuroseg_lite.runs.Run` (a method and its knobs), grids of runs, and budgets.
 
 Introduced in chapter 7 (``07_sparsity_sweep``); :mod:`neuroseg_lite.experiment` makes and scores the runs.
 A run's knobs that its method does not use are set to neutral values, so equal runs are equal objects, and
@@ -159,7 +159,7 @@ class ExperimentPreset:
     prior_correction: bool = False
 
 
-#: The experiment budgets by name: "smoke", "cpu", "sweep", "gpu".
+#: The experiment budgets by name ("smoke", "cpu", "sweep", "gpu").
 PRESETS = {
     # Seconds per model: for tests and the notebooks' SMOKE switch.
     "smoke": ExperimentPreset("smoke", train_2d="smoke", train_3d="smoke", model_3d={"base_channels": 8, "depth": 2}),

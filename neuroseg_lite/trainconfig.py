@@ -138,7 +138,7 @@ class TrainConfig:
 # about 0.16 s with 2 threads on an idle 2-core machine, and 0.45-0.5 s with 1 thread while other jobs shared the
 # cores (2 threads were then 4x slower still: OpenMP threads wait for each other; set num_threads=1 on a busy
 # machine). Validating a 64x256x256 volume with 16x64x64 tiles costs about 10 s, hence the sparse val_every.
-#: 3D training budgets by name: "smoke", "cpu", "gpu".
+#: The 3D training budgets by name ("smoke", "cpu", "gpu").
 PRESETS_3D: dict[str, TrainConfig] = {
     "smoke": TrainConfig(patch_size=(8, 32, 32), batch_size=2, steps=12, val_every=6, log_every=2,
                          warmup_fraction=0.1, bn_refresh_batches=2),
