@@ -1,4 +1,4 @@
-"""What the comparison runs: the methods, a :class:`~neuroseg_lite.runs.Run` (a method and its knobs), grids of runs, and budgets.
+"""What the comparison runs: methods, a :class:`~neuroseg_lite.runs.Run` (a method and its knobs), grids, budgets.
 
 Introduced in chapter 7 (``07_sparsity_sweep``); :mod:`neuroseg_lite.experiment` makes and scores the runs.
 A run's knobs that its method does not use are set to neutral values, so equal runs are equal objects, and
