@@ -10,5 +10,5 @@ to change.
 """
 from neuroseg_lite._checks import NeurosegInputError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["NeurosegInputError", "__version__"]

@@ -10,6 +10,7 @@ key asked for and the file reads back, otherwise it is rebuilt with a warning th
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -93,8 +94,14 @@ def content_key(description) -> str:
     >>> content_key({"a": 1, "b": [0.5, "x"]}) == content_key({"b": [0.5, "x"], "a": 1})
     True
     """
-    text = json.dumps(to_plain(description), sort_keys=True, separators=(",", ":"), default=repr)
+    text = json.dumps(to_plain(description), sort_keys=True, separators=(",", ":"), default=_plain_dataclass)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _plain_dataclass(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_plain(dataclasses.asdict(value))
+    raise TypeError(f"content_key cannot describe a {type(value).__name__}; pass builtins, arrays or dataclasses.")
 
 
 def _warn(message: str) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from neuroseg_lite import infer, metrics, pseudolabel, sparse, train
+from neuroseg_lite import __version__, infer, metrics, pseudolabel, sparse, train
 from neuroseg_lite._checks import NeurosegInputError
 from neuroseg_lite.cache import Cache, atomic_write, content_key
 from neuroseg_lite.checkpoint import FORMAT_VERSION, load_model, save_model
@@ -56,6 +56,9 @@ __all__ = [
 ]
 
 
+# Training code that produced a model: a release that changes how models are trained bumps the package version,
+# so models of earlier code are never reused for this one's.
+_CODE = {"package": __version__, "model_file": FORMAT_VERSION}
 # Prediction settings, part of every prediction's key.
 _INFERENCE = {"tile": list(infer.DEFAULT_TILE), "overlap": 0.25, "stored_as": "float16", "threshold": 0.5}
 _SCORING = {"threshold": 0.5, "tolerance_um": 2.0, "version": 1}
@@ -137,7 +140,7 @@ class Pipeline:
         """Content key of one artefact: "model2d", "pseudo", "model", "prediction" or "row" of ``run``."""
         data = self.data
         if kind == "model2d":
-            return content_key({"kind": kind, "train": data.train_digest, "format": FORMAT_VERSION,
+            return content_key({"kind": kind, "train": data.train_digest, "code": _CODE,
                                 "annotation": [[a.axis, list(a.planes)] for a in self.sparse_labels(run.n_slices)],
                                 "config": self.train_config_2d(seed=run.seed),
                                 "intensity": data.intensity_normalization})
@@ -149,7 +152,7 @@ class Pipeline:
                 return self._key("pseudo", run)  # the 2D method is the corrected (or not) 2D model itself
             annotation = ([[a.axis, list(a.planes)] for a in self.sparse_labels(run.n_slices)]
                           if run.spec.sparse else "dense")
-            return content_key({"kind": kind, "train": data.train_digest, "format": FORMAT_VERSION,
+            return content_key({"kind": kind, "train": data.train_digest, "code": _CODE,
                                 "annotation": annotation, "config": self.train_config_3d(run),
                                 "model": UNet3DConfig(**self.preset.model_3d),
                                 "pseudo": self._key("pseudo", run) if run.spec.uses_pseudo else None,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neuroseg_lite import io, synth
+from neuroseg_lite import __version__, io, synth
 from neuroseg_lite._checks import NeurosegInputError, check_same_shape, check_spacing, check_volume
 from neuroseg_lite.cache import array_digest, atomic_write, content_key
 from neuroseg_lite.intensity import IntensityNormalization
@@ -150,7 +150,8 @@ def synthetic_data(*, preset: str = "tutorial", seed: int = 0, n_train: int = 3,
     roles = [f"train{i}" for i in range(n_train)] + ["test"]
     files = [(folder / f"{role}_image.tif", folder / f"{role}_labels.tif") for role in roles]
     record = folder / "generator.json"
-    key = content_key({"config": asdict(synth.PRESETS[preset]), "seed": seed, "n_train": n_train})
+    key = content_key({"config": asdict(synth.PRESETS[preset]), "seed": seed, "n_train": n_train,
+                       "package": __version__})
     try:
         current = json.loads(record.read_text()).get("key") == key
     except (OSError, ValueError):

@@ -55,3 +55,12 @@ def test_a_hit_needs_the_record_the_key_and_a_readable_file(tmp_path):
     record.unlink()
     with pytest.warns(StaleCacheWarning, match="no readable record"):
         assert cache.load("arrays", "data/a", key, ".npy", np.load) is None
+
+
+def test_keys_describe_dataclasses_by_their_fields_and_refuse_other_objects():
+    from neuroseg_lite.intensity import IntensityNormalization
+
+    assert content_key({"spec": IntensityNormalization()}) == content_key({"spec": IntensityNormalization()})
+    assert content_key({"spec": IntensityNormalization()}) != content_key({"spec": IntensityNormalization(low=2)})
+    with pytest.raises(TypeError, match="cannot describe"):
+        content_key({"model": object()})
