@@ -11,7 +11,7 @@ import pandas as pd
 
 from neuroseg_lite._checks import NeurosegInputError
 
-__all__ = ["paired_verdicts"]
+__all__ = ["paired_verdicts", "mean_std_table"]
 
 _LOWER_IS_BETTER = ("hd95_um",)
 
@@ -84,3 +84,47 @@ def paired_verdicts(table: pd.DataFrame, *, method: str = "3d_pseudo", against=(
                              "seed_std": noise if np.isfinite(noise) else np.nan, "n_pairs": len(pairs),
                              "verdict": verdict})
     return pd.DataFrame(rows)
+
+
+def _mean_std(values: pd.Series) -> str:
+    if len(values) == 1:
+        return f"{values.iloc[0]:.3f} (one run)"
+    return f"{values.mean():.3f} ± {values.std():.3f}"
+
+
+def mean_std_table(table: pd.DataFrame, metric: str, *, methods=("2d", "3d_sparse", "3d_pseudo"),
+                   reference: str | None = "3d_dense", by: str = "n_slices", labels=None) -> pd.DataFrame:
+    """Text table of ``metric``: "mean ± std" over the runs, one row per ``by`` value, one column per method.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Results rows with ``method``, ``by`` and ``metric`` columns.
+    metric : str
+    methods : sequence of str
+        The methods that depend on ``by`` (one column each).
+    reference : str, optional
+        A method that does not (the dense bound): one last column, the same on every row.
+    by : str
+    labels : dict, optional
+        Column titles by method name (e.g. :data:`neuroseg_lite.charts.METHOD_LABELS`).
+
+    Returns
+    -------
+    pandas.DataFrame of str
+        A single run reads "value (one run)".
+
+    Examples
+    --------
+    >>> rows = pd.DataFrame({"method": ["2d", "2d", "3d_dense"], "n_slices": [1, 1, 32],
+    ...                      "dice": [0.8, 0.9, 0.95]})
+    >>> mean_std_table(rows, "dice", methods=["2d"]).to_dict("records")
+    [{'2d': '0.850 ± 0.071', '3d_dense': '0.950 (one run)'}]
+    """
+    labels = labels or {}
+    rows = table[table["method"].isin(methods)]
+    out = rows.groupby([by, "method"])[metric].agg(_mean_std).unstack()
+    out = out[[m for m in methods if m in out.columns]]
+    if reference is not None and (table["method"] == reference).any():
+        out[reference] = _mean_std(table.loc[table["method"] == reference, metric])
+    return out.rename(columns=labels)

@@ -40,3 +40,14 @@ def test_distances_count_lower_as_better_and_groups_are_separate():
 def test_missing_columns_are_named():
     with pytest.raises(NeurosegInputError, match="surface_dice"):
         paired_verdicts(_rows([1], [1]), method="a", against=["b"], metrics=["surface_dice"])
+
+
+def test_mean_std_table_has_one_row_per_k_and_the_reference_on_every_row():
+    from neuroseg_lite.results import mean_std_table
+
+    rows = pd.concat([_rows([0.9, 0.8], [0.5, 0.7]), _rows([0.6, 0.6], [0.4, 0.2]).assign(n_slices=4),
+                      pd.DataFrame({"method": ["ref"], "seed": [0], "n_slices": [32], "dice": [0.97]})])
+    table = mean_std_table(rows, "dice", methods=["a", "b"], reference="ref", labels={"a": "A"})
+    assert list(table.index) == [1, 4] and list(table.columns) == ["A", "b", "ref"]
+    assert table.loc[1, "A"] == "0.850 ± 0.071" and table.loc[4, "b"] == "0.300 ± 0.141"
+    assert set(table["ref"]) == {"0.970 (one run)"}
