@@ -80,10 +80,15 @@ def _as_list(values, *, single) -> list:
     return [values] if isinstance(values, single) else list(values)
 
 
+def _annotation_list(annotations) -> list:
+    """One SparseLabels-like object (it has ``.annotated``) or a sequence of them, as a list."""
+    return [annotations] if hasattr(annotations, "annotated") else list(annotations)
+
+
 def _checked_inputs(images, annotations, intensity: IntensityNormalization, *, who: str):
     """Normalised images and the bool labels/annotated masks of each stack, checked against each other."""
     images = _as_list(images, single=np.ndarray)
-    annotations = _as_list(annotations, single=object) if hasattr(annotations, "annotated") else list(annotations)
+    annotations = _annotation_list(annotations)
     if not images or len(images) != len(annotations):
         raise NeurosegInputError(
             f"{who} got {len(images)} image(s) and {len(annotations)} annotation(s); pass one SparseLabels "
@@ -245,7 +250,7 @@ def train_2d(images, annotations, *, config: Train2DConfig | None = None,
     """
     config = (config or PRESETS_2D["cpu"]).validate()
     intensity = intensity_normalization or IntensityNormalization()
-    annotations = _as_list(annotations, single=object) if hasattr(annotations, "annotated") else list(annotations)
+    annotations = _annotation_list(annotations)
     for i, annotation in enumerate(annotations):
         if int(getattr(annotation, "axis", 0)) != 0:
             raise NeurosegInputError(
