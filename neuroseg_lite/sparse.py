@@ -8,14 +8,17 @@ the x-axis of the "pseudo-label quality vs distance" figure in chapter 4.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from neuroseg_lite._checks import NeurosegInputError, check_volume
 from neuroseg_lite.io import binarize_labels
 
-__all__ = ["SparseLabels", "simulate_sparse", "from_planes", "distance_to_annotated", "even_planes"]
+__all__ = ["SparseLabels", "simulate_sparse", "from_planes", "from_annotation_stack", "read_planes_file",
+           "distance_to_annotated", "even_planes"]
 
 _MODES = ("even", "random")
 
@@ -205,6 +208,123 @@ def from_planes(labels, *, planes, axis: int = 0) -> SparseLabels:
             f"planes must be distinct indices between 0 and {n_planes - 1} (shape[{axis}] = {n_planes}), "
             f"got {list(planes)}.")
     return _keep_planes(dense, tuple(chosen), axis)
+
+
+def read_planes_file(path) -> tuple[int, ...]:
+    """Read the annotated plane indices from a side file written beside a label stack.
+
+    Introduced in chapter 10 (``10_whole_sample``) and the command line (``neuroseg-lite train --planes``).
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``.json`` file holding a list of integers (or ``{"planes": [...]}``), or a text/CSV file of
+        integers separated by commas, spaces or new lines (``#`` starts a comment).
+
+    Returns
+    -------
+    tuple of int
+        The indices, in the order written (checked against the stack by :func:`from_planes`).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> side = pathlib.Path(tempfile.mkdtemp()) / "planes.txt"
+    >>> _ = side.write_text("# annotated by A.B.\\n12, 40\\n75\\n")
+    >>> read_planes_file(side)
+    (12, 40, 75)
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise NeurosegInputError(f"planes file {path} does not exist; write the annotated plane indices into it, "
+                                 "e.g. '12, 40, 75', or a JSON list.")
+    text = path.read_text()
+    if path.suffix.lower() == ".json":
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError:
+            values = None
+        values = values.get("planes") if isinstance(values, dict) else values
+        valid = isinstance(values, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+    else:
+        lines = (line.split("#", 1)[0] for line in text.splitlines())
+        values = [token for line in lines for token in line.replace(",", " ").split()]
+        valid = all(token.lstrip("-").isdigit() for token in values)
+    if not valid:
+        raise NeurosegInputError(f"{path} must list whole-number plane indices (e.g. '12, 40, 75' or a JSON list "
+                                 f"of integers); could not read {text[:80]!r}.")
+    planes = tuple(int(v) for v in values)
+    if not planes:
+        raise NeurosegInputError(f"{path} lists no plane; write the indices of the annotated planes into it.")
+    return planes
+
+
+def from_annotation_stack(labels, *, unlabelled=None, planes=None, axis: int = 0) -> SparseLabels:
+    """Read a label stack as annotation tools save it: a few planes painted, the rest marked unlabelled.
+
+    Introduced in chapter 10 (``10_whole_sample``); the command line's ``train`` uses it. Exactly one of
+    ``unlabelled`` and ``planes`` says which planes were annotated.
+
+    Parameters
+    ----------
+    labels : ndarray of shape (Z, Y, X)
+        Integer or bool labels: 0 is background, any other value (except ``unlabelled``) is a neuron, so
+        0/1, 0/255 and instance ids all work. Not modified.
+    unlabelled : int, optional
+        The value that marks voxels nobody annotated (e.g. 255 in a uint8 stack whose neurons are 1, or -1
+        in a signed stack). A plane is annotated when none of its voxels has this value; a plane that is
+        only partly annotated is refused, because the method needs whole annotated planes.
+    planes : sequence of int, or str or Path, optional
+        The annotated planes, or a side file listing them (:func:`read_planes_file`).
+    axis : {0, 1, 2}
+        The axis the annotated planes are perpendicular to.
+
+    Returns
+    -------
+    SparseLabels
+
+    Examples
+    --------
+    >>> stack = np.full((6, 4, 4), 255, np.uint8)   # 255: not annotated
+    >>> stack[2] = 0
+    >>> stack[2, 1:3, 1:3] = 1                        # plane 2 painted: 4 neuron pixels
+    >>> annotation = from_annotation_stack(stack, unlabelled=255)
+    >>> annotation.planes, int(annotation.labels.sum())
+    ((2,), 4)
+    """
+    if (unlabelled is None) == (planes is None):
+        raise NeurosegInputError(
+            "say which planes are annotated in exactly one way: unlabelled=<value> (the value your annotation "
+            "tool leaves in unpainted voxels, e.g. 255 or -1) or planes=[...] / planes='planes.txt'.")
+    array = check_volume(labels, name="labels")
+    axis = _normalise_axis(axis)
+    if planes is not None:
+        if isinstance(planes, (str, Path)):
+            planes = read_planes_file(planes)
+        return from_planes(array, planes=planes, axis=axis)
+    if isinstance(unlabelled, bool) or not isinstance(unlabelled, (int, np.integer)):
+        raise NeurosegInputError(f"unlabelled must be an integer value such as 255 or -1, got {unlabelled!r}.")
+    if np.issubdtype(array.dtype, np.integer) and not (
+            np.iinfo(array.dtype).min <= int(unlabelled) <= np.iinfo(array.dtype).max):
+        raise NeurosegInputError(
+            f"unlabelled={unlabelled} cannot occur in a {array.dtype} label stack (its values span "
+            f"{np.iinfo(array.dtype).min}..{np.iinfo(array.dtype).max}); check the value your tool writes.")
+    missing = array == unlabelled
+    other_axes = tuple(a for a in range(3) if a != axis)
+    n_missing = missing.sum(axis=other_axes)
+    plane_size = array.size // array.shape[axis]
+    partial = np.flatnonzero((n_missing > 0) & (n_missing < plane_size))
+    if partial.size:
+        raise NeurosegInputError(
+            f"planes {partial[:5].tolist()} along axis {axis} are only partly annotated (some voxels are "
+            f"{unlabelled}, others are not); finish annotating them, or mark them wholly {unlabelled}.")
+    chosen = np.flatnonzero(n_missing == 0)
+    if chosen.size == 0:
+        raise NeurosegInputError(
+            f"every voxel of labels is {unlabelled}, so no plane is annotated; is unlabelled={unlabelled} the "
+            "value your tool writes for unpainted voxels?")
+    dense = np.where(missing, 0, array)
+    return from_planes(dense, planes=chosen.tolist(), axis=axis)
 
 
 def distance_to_annotated(annotated, *, axis: int = 0) -> np.ndarray:

@@ -1,8 +1,17 @@
+import json
+
 import numpy as np
 import pytest
 
 from neuroseg_lite._checks import NeurosegInputError
-from neuroseg_lite.sparse import SparseLabels, distance_to_annotated, even_planes, simulate_sparse
+from neuroseg_lite.sparse import (
+    SparseLabels,
+    distance_to_annotated,
+    even_planes,
+    from_annotation_stack,
+    read_planes_file,
+    simulate_sparse,
+)
 
 
 def _labels(shape=(10, 6, 8), seed=0):
@@ -155,3 +164,64 @@ def test_from_planes_rejects_bad_planes(planes):
 
     with pytest.raises(NeurosegInputError, match="plane"):
         from_planes(np.zeros((6, 4, 4), dtype=bool), planes=planes)
+
+
+# --- real annotations as annotation tools save them (chapter 10, the CLI's train) -------------------------
+def _painted_stack(unlabelled=255, dtype=np.uint8):
+    stack = np.full((10, 6, 6), unlabelled, dtype)
+    for plane in (2, 7):
+        stack[plane] = 0
+        stack[plane, 1:4, 1:4] = 1
+    return stack
+
+
+def test_from_annotation_stack_finds_the_painted_planes():
+    stack = _painted_stack()
+    before = stack.copy()
+    annotation = from_annotation_stack(stack, unlabelled=255)
+    assert annotation.planes == (2, 7)
+    assert annotation.annotated[2].all() and not annotation.annotated[3].any()
+    assert int(annotation.labels.sum()) == 2 * 9
+    assert np.array_equal(stack, before)  # input untouched
+
+
+def test_from_annotation_stack_signed_minus_one_and_instance_ids():
+    stack = _painted_stack(unlabelled=-1, dtype=np.int16)
+    stack[7, 1:4, 1:4] = 5  # instance ids count as neurons
+    annotation = from_annotation_stack(stack, unlabelled=-1)
+    assert annotation.planes == (2, 7) and int(annotation.labels.sum()) == 18
+
+
+def test_from_annotation_stack_with_a_planes_file(tmp_path):
+    stack = np.zeros((10, 6, 6), np.uint8)
+    stack[4, 2, 2] = 1
+    side = tmp_path / "planes.txt"
+    side.write_text("# planes\n4, 8\n")
+    annotation = from_annotation_stack(stack, planes=side)
+    assert annotation.planes == (4, 8) and int(annotation.labels.sum()) == 1
+    (tmp_path / "planes.json").write_text(json.dumps({"planes": [1, 4]}))
+    assert read_planes_file(tmp_path / "planes.json") == (1, 4)
+
+
+@pytest.mark.parametrize("content", ["4, x", "4.5", ""])
+def test_read_planes_file_refuses_bad_content(tmp_path, content):
+    side = tmp_path / "planes.txt"
+    side.write_text(content)
+    with pytest.raises(NeurosegInputError, match="plane"):
+        read_planes_file(side)
+
+
+def test_from_annotation_stack_bad_input():
+    stack = _painted_stack()
+    with pytest.raises(NeurosegInputError, match="exactly one way"):
+        from_annotation_stack(stack)
+    with pytest.raises(NeurosegInputError, match="cannot occur"):
+        from_annotation_stack(stack, unlabelled=-1)
+    partly = stack.copy()
+    partly[5, 0, 0] = 0
+    with pytest.raises(NeurosegInputError, match=r"planes \[5\].*partly annotated"):
+        from_annotation_stack(partly, unlabelled=255)
+    with pytest.raises(NeurosegInputError, match="no plane is annotated"):
+        from_annotation_stack(np.full((3, 4, 4), 255, np.uint8), unlabelled=255)
+    with pytest.raises(NeurosegInputError, match="does not exist"):
+        from_annotation_stack(stack, planes="no_such_file.txt")
