@@ -319,6 +319,12 @@ def from_annotation_stack(labels, *, unlabelled=None, planes=None, axis: int = 0
             f"planes {partial[:5].tolist()} along axis {axis} are only partly annotated (some voxels are "
             f"{unlabelled}, others are not); finish annotating them, or mark them wholly {unlabelled}.")
     chosen = np.flatnonzero(n_missing == 0)
+    if chosen.size == array.shape[axis]:
+        values = np.unique(array[:: max(1, array.shape[0] // 8)])[:6].tolist()
+        raise NeurosegInputError(
+            f"unlabelled={unlabelled} occurs nowhere in labels, so every plane would count as annotated "
+            f"(values present include {values}); pass the value your tool writes for unpainted voxels, or, for "
+            "densely labelled stacks, no unlabelled value at all (sparse.from_planes with every plane).")
     if chosen.size == 0:
         raise NeurosegInputError(
             f"every voxel of labels is {unlabelled}, so no plane is annotated; is unlabelled={unlabelled} the "

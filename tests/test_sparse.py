@@ -221,6 +221,8 @@ def test_from_annotation_stack_bad_input():
     partly[5, 0, 0] = 0
     with pytest.raises(NeurosegInputError, match=r"planes \[5\].*partly annotated"):
         from_annotation_stack(partly, unlabelled=255)
+    with pytest.raises(NeurosegInputError, match="occurs nowhere"):
+        from_annotation_stack(np.zeros((3, 4, 4), np.uint8), unlabelled=255)
     with pytest.raises(NeurosegInputError, match="no plane is annotated"):
         from_annotation_stack(np.full((3, 4, 4), 255, np.uint8), unlabelled=255)
     with pytest.raises(NeurosegInputError, match="does not exist"):
