@@ -236,20 +236,39 @@ def _check_3d(arr, path: Path, what: str):
     return arr
 
 
+class _TiffRegion:
+    """Reads any region of a TIFF (one level) through tifffile's Zarr store, opening the file per read.
+
+    Holding only the path keeps the dask graph picklable for distributed workers and leaves no file open.
+    """
+
+    def __init__(self, path: Path, level: int):
+        self.path, self.level = str(path), level
+        node = self._node(tifffile.imread(self.path, aszarr=True))
+        self.shape, self.dtype, self.ndim, self.chunks = tuple(node.shape), node.dtype, node.ndim, node.chunks
+
+    def _node(self, store):
+        node = zarr.open(store, mode="r")
+        return node[str(self.level)] if isinstance(node, zarr.Group) else node
+
+    def __getitem__(self, key):
+        with tifffile.imread(self.path, aszarr=True) as store:
+            return np.asarray(self._node(store)[key])
+
+
 def _open_tiff(path: Path, level: int, channel):
-    store = tifffile.imread(path, aszarr=True)
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         axes, n_levels = series.axes, len(series.levels)
         spacing = file_spacing(tif)
-    node = zarr.open(store, mode="r")
-    if isinstance(node, zarr.Group):
-        if not 0 <= level < n_levels:
-            raise NeurosegInputError(f"'{path}' has {n_levels} resolution level(s); level={level} does not exist.")
-        node = node[str(level)]
-    elif level != 0:
-        raise NeurosegInputError(f"'{path}' has one resolution level; level={level} does not exist.")
-    arr = da.from_zarr(node)
+    if not 0 <= level < n_levels:
+        raise NeurosegInputError(f"'{path}' has {n_levels} resolution level(s); level={level} does not exist.")
+    region = _TiffRegion(path, level)
+    plane_bytes = int(np.prod(region.shape[-2:])) * region.dtype.itemsize
+    # several planes per block (~32 MiB): one file open and one decode call per block, not per plane
+    depth = max(int(region.chunks[0]), min(region.shape[0], 2**25 // max(plane_bytes, 1)))
+    arr = da.from_array(region, chunks=(depth,) + tuple(region.shape[1:]), lock=False, fancy=False,
+                        name=f"tiff-{path.name}-{level}-{path.stat().st_mtime_ns}")
     channel_axes = [i for i, a in enumerate(axes) if a in "CS"]
     if arr.ndim == 4 and len(channel_axes) == 1:
         i = channel_axes[0]
@@ -468,3 +487,309 @@ def create_labels(image_path, label_name: str, *, dtype, chunks=None, overwrite:
         "name": "v2", "separator": "/"}}
     return label_group.create_array("0", shape=level0.shape, dtype=np.dtype(dtype), chunks=chunks, fill_value=0,
                                     **extra)
+
+
+def _target_group(path, label_name):
+    group, ome, version = _image_group(path)
+    if label_name is None:
+        return group, ome, version
+    try:
+        labels = group["labels"][label_name]
+    except KeyError as err:
+        raise NeurosegInputError(f"'{path}' has no labels/{label_name}; create it with create_labels.") from err
+    label_ome, _ = _ome(labels)
+    return labels, label_ome, version
+
+
+def build_pyramid(path, *, label_name: str | None = None, n_levels: int | None = None, downscale=(1, 2, 2)) -> int:
+    """Add downsampled levels 1..n-1 to an OME-Zarr image (or one of its label images) from level 0.
+
+    Each level is computed block by block with dask from the level before it: the mean of each
+    ``downscale`` box for images, the box's first voxel for labels (ids must not be averaged). Existing
+    levels above 0 are replaced and the multiscales metadata lists every level with its scale.
+
+    Parameters
+    ----------
+    path : str or Path
+        An OME-Zarr image.
+    label_name : str or None
+        Build the pyramid of ``labels/<label_name>`` instead of the image.
+    n_levels : int or None
+        Total number of levels, level 0 included. None: halve until the smaller y/x side is below 64,
+        at most 5 levels.
+    downscale : tuple of 3 int
+        Factor (z, y, x) between consecutive levels; (1, 2, 2) keeps the z resolution of anisotropic stacks.
+
+    Returns
+    -------
+    int
+        The number of levels the image now has.
+    """
+    group, ome, version = _target_group(path, label_name)
+    factors = _check_shape(downscale)
+    ms = ome["multiscales"][0]
+    level0 = group[ms["datasets"][0]["path"]]
+    shapes = [tuple(level0.shape)]
+    while True:
+        nxt = tuple(n // f for n, f in zip(shapes[-1], factors))
+        done = (len(shapes) >= n_levels) if n_levels is not None else (min(shapes[-1][1:]) < 64 or len(shapes) >= 5)
+        if done or min(nxt) < 1 or nxt == shapes[-1]:
+            break
+        shapes.append(nxt)
+    for dataset in ms["datasets"][1:]:
+        if dataset["path"] in group:
+            del group[dataset["path"]]
+    is_label = label_name is not None or "image-label" in ome
+    extra = {"dimension_names": ("z", "y", "x")} if version == "0.5" else {"chunk_key_encoding": {
+        "name": "v2", "separator": "/"}}
+    previous = level0
+    for i in range(1, len(shapes)):
+        source = da.from_zarr(previous)
+        crop = tuple(slice(0, n * f) for n, f in zip(shapes[i], factors))
+        if is_label:
+            small = source[crop][::factors[0], ::factors[1], ::factors[2]]
+        else:
+            small = da.coarsen(np.mean, source[crop].astype(np.float32), dict(enumerate(factors)))
+            if np.issubdtype(level0.dtype, np.integer):
+                small = da.round(small)
+            small = small.astype(level0.dtype)
+        chunks = tuple(min(c, n) for c, n in zip(level0.chunks, shapes[i]))
+        target = group.create_array(str(i), shape=shapes[i], dtype=level0.dtype, chunks=chunks, fill_value=0,
+                                    **extra)
+        da.store(small.rechunk(chunks), target, lock=False)
+        previous = target
+    scale = next(t["scale"] for t in ms["datasets"][0]["coordinateTransformations"] if t.get("type") == "scale")
+    datasets = [{"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [
+        float(s) * f ** i for s, f in zip(scale, factors)]}]} for i in range(len(shapes))]
+    datasets[0] = ms["datasets"][0]
+    new_ms = {**ms, "datasets": datasets}
+    if not is_label:
+        new_ms["type"] = "mean"
+    _set_ome(group, {**ome, "multiscales": [new_ms] + ome["multiscales"][1:]}, version)
+    return len(shapes)
+
+
+def _as_dask(data, name: str) -> da.Array:
+    arr = data if isinstance(data, da.Array) else da.from_zarr(data) if isinstance(data, zarr.Array) else None
+    if arr is None:
+        arr = np.asarray(data)
+        arr = da.from_array(arr, chunks=tuple(min(c, n) for c, n in zip((64, 256, 256), arr.shape)) or None)
+    if arr.ndim != 3 or arr.size == 0:
+        raise NeurosegInputError(f"{name} must be a non-empty 3D (Z, Y, X) array, got shape {tuple(arr.shape)}.")
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise NeurosegInputError(f"{name} has dtype {arr.dtype}; pass a numeric (integer or float) array.")
+    return arr
+
+
+def write_ome_zarr(path, image, *, spacing, chunks=None, name: str = "image", labels: dict | None = None,
+                   overwrite: bool = False, pyramid: bool = True) -> Path:
+    """Write an image (and label images) as NGFF 0.5 OME-Zarr, block by block, with a pyramid.
+
+    Parameters
+    ----------
+    path : str or Path
+    image : ndarray, dask or zarr array of shape (Z, Y, X)
+    spacing : tuple of 3 float
+        Voxel size (z, y, x) in micrometres.
+    chunks : tuple of 3 int or None
+        None: (64, 256, 256) clipped to the shape.
+    name : str
+    labels : dict or None
+        ``{name: array of shape (Z, Y, X)}``; bool arrays are stored as uint8 0/1.
+    overwrite : bool
+    pyramid : bool
+        Add downsampled levels (see :func:`build_pyramid`).
+
+    Returns
+    -------
+    Path
+    """
+    path = Path(path)
+    data = _as_dask(image, "image")
+    labels = {key: _as_dask(value, f"labels[{key!r}]") for key, value in (labels or {}).items()}
+    for key, value in labels.items():
+        if value.shape != data.shape:
+            raise NeurosegInputError(f"labels[{key!r}] has shape {value.shape} but the image {data.shape}; "
+                                     "they must match voxel for voxel.")
+    dtype = np.uint8 if data.dtype == bool else data.dtype
+    target = create_image(path, shape=data.shape, dtype=dtype, chunks=chunks, spacing=spacing, name=name,
+                          overwrite=overwrite)
+    da.store(data.astype(dtype).rechunk(target.chunks), target, lock=False)
+    for key, value in labels.items():
+        label_dtype = np.uint8 if value.dtype == bool else value.dtype
+        out = create_labels(path, key, dtype=label_dtype)
+        da.store(value.astype(label_dtype).rechunk(out.chunks), out, lock=False)
+    if pyramid:
+        build_pyramid(path)
+        for key in labels:
+            build_pyramid(path, label_name=key)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TIFF, spacing, description
+# ---------------------------------------------------------------------------------------------------------------
+
+def write_tiff(path, data, *, spacing, overwrite: bool = False, bigtiff: bool | None = None) -> Path:
+    """Write a (Z, Y, X) stack as a TIFF plane by plane, never holding it whole in memory.
+
+    uint8, uint16, int16 and float32 stacks under 4 GB are written as ImageJ TIFFs exactly like
+    :func:`neuroseg_lite.io.write_stack`; larger stacks and other dtypes as OME BigTIFF (``PhysicalSize``
+    in µm). Both :func:`neuroseg_lite.io.read_stack` and :func:`open_stack` read the spacing back.
+
+    Parameters
+    ----------
+    path : str or Path
+        Ending in ``.tif`` or ``.tiff``; its folder must exist.
+    data : ndarray, dask or zarr array of shape (Z, Y, X)
+        bool is written as uint8 0/255 (ImageJ's mask convention).
+    spacing : tuple of 3 float
+        Voxel size (z, y, x) in micrometres.
+    overwrite : bool
+    bigtiff : bool or None
+        Force (True) or forbid (False) BigTIFF; None decides by size.
+
+    Returns
+    -------
+    Path
+    """
+    path = Path(path)
+    arr = _as_dask(data, "data")
+    z, y, x = check_spacing(spacing)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        raise NeurosegInputError(f"'{path}' does not end in .tif or .tiff; give the path a .tif extension.")
+    if not path.parent.is_dir():
+        raise _MissingPathError(errno.ENOENT, f"The folder '{path.parent}' does not exist; create it first.")
+    if path.exists() and not overwrite:
+        raise _ExistsError(errno.EEXIST, f"'{path}' already exists and was left untouched. Pass overwrite=True "
+                           "to replace it, or choose another file name.")
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * np.uint8(255)
+    if bigtiff is None:
+        bigtiff = arr.nbytes > 2**32 - 2**25  # 32 MiB for headers and metadata below the 4 GiB TIFF limit
+    imagej = not bigtiff and arr.dtype in (np.uint8, np.uint16, np.int16, np.float32)
+    planes_per_read = max(1, int(arr.chunksize[0]))
+
+    def planes():
+        for z0 in range(0, arr.shape[0], planes_per_read):
+            yield from np.asarray(arr[z0:z0 + planes_per_read].compute())
+
+    if imagej:
+        options = dict(imagej=True, resolution=(1.0 / x, 1.0 / y),
+                       metadata={"spacing": z, "unit": "um", "axes": "ZYX"})
+    else:
+        options = dict(ome=True, bigtiff=bigtiff, metadata={
+            "axes": "ZYX", "PhysicalSizeZ": z, "PhysicalSizeY": y, "PhysicalSizeX": x,
+            "PhysicalSizeZUnit": "µm", "PhysicalSizeYUnit": "µm", "PhysicalSizeXUnit": "µm"})
+    # a temporary file renamed at the end: an interrupted write never leaves a truncated stack at `path`
+    temporary = path.with_name(f".{path.name}.partial{path.suffix}")
+    try:
+        tifffile.imwrite(temporary, planes(), shape=arr.shape, dtype=arr.dtype, **options)
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def check_spacing_match(spacing, model_spacing, *, rtol: float = 0.05, name: str = "image") -> bool:
+    """Warn (:class:`SpacingMismatchWarning`) when a stack's spacing differs from the model's.
+
+    Parameters
+    ----------
+    spacing, model_spacing : tuple of 3 float or None
+        (z, y, x) in micrometres.
+    rtol : float
+        Allowed relative difference per axis.
+    name : str
+        How the stack is called in the warning.
+
+    Returns
+    -------
+    bool
+        True when every axis agrees within ``rtol``; False (after a warning) otherwise or when either is None.
+    """
+    if spacing is None or model_spacing is None:
+        missing = f"{name}'s spacing" if spacing is None else "the model's training spacing"
+        warnings.warn(f"Cannot check {name}'s voxel spacing against the model: {missing} is unknown. Pass "
+                      "spacing=(z, y, x) in micrometres (open_stack(path, spacing=...) / CLI --spacing).",
+                      SpacingMismatchWarning, stacklevel=2)
+        return False
+    spacing, model_spacing = check_spacing(spacing), check_spacing(model_spacing)
+    ratio = tuple(s / m for s, m in zip(spacing, model_spacing))
+    if all(abs(r - 1.0) <= rtol for r in ratio):
+        return True
+    warnings.warn(f"{name} has voxel spacing {spacing} µm but the model was trained at {model_spacing} µm "
+                  f"(ratio {tuple(round(r, 3) for r in ratio)}); neurons will look "
+                  "bigger or smaller than the model expects. Resample first: "
+                  f"resample_stack(stack, spacing={model_spacing}) or the CLI's --resample.",
+                  SpacingMismatchWarning, stacklevel=2)
+    return False
+
+
+def _interpolate_axis(arr: da.Array, axis: int, n_out: int, ratio: float) -> da.Array:
+    """Linear interpolation along one axis, voxel centres aligned (the physical extent is kept)."""
+    n_in = arr.shape[axis]
+    position = np.clip((np.arange(n_out) + 0.5) * ratio - 0.5, 0, n_in - 1)
+    lower = np.floor(position).astype(int)
+    upper = np.minimum(lower + 1, n_in - 1)
+    weight = (position - lower).astype(np.float32)
+    shape = [1, 1, 1]
+    shape[axis] = n_out
+    weight = weight.reshape(shape)
+    return da.take(arr, lower, axis=axis) * (1 - weight) + da.take(arr, upper, axis=axis) * weight
+
+
+def resample_stack(stack: Stack, *, spacing) -> Stack:
+    """Resample a stack lazily to another voxel spacing (separable linear interpolation, dask).
+
+    Parameters
+    ----------
+    stack : Stack
+        Its ``spacing`` must be known (``open_stack(path, spacing=...)`` otherwise).
+    spacing : tuple of 3 float
+        The new voxel size (z, y, x) in micrometres, typically the model's.
+
+    Returns
+    -------
+    Stack
+        Same physical extent, shape ``round(shape * old / new)``, the input dtype (integers rounded);
+        nothing is computed until the data are.
+    """
+    new = check_spacing(spacing)
+    if stack.spacing is None:
+        raise NeurosegInputError(f"'{stack.path}' has no known spacing, so it cannot be resampled; open it with "
+                                 "open_stack(path, spacing=(z, y, x)) first.")
+    old = stack.spacing
+    out = stack.data.astype(np.float32)
+    for axis in range(3):
+        n_out = max(1, int(round(stack.shape[axis] * old[axis] / new[axis])))
+        if n_out != stack.shape[axis] or old[axis] != new[axis]:
+            out = _interpolate_axis(out, axis, n_out, new[axis] / old[axis])
+    if np.issubdtype(stack.dtype, np.integer):
+        out = da.round(out)
+    out = out.astype(stack.dtype).rechunk(tuple(min(c, n) for c, n in zip(stack.data.chunksize, out.shape)))
+    return Stack(out, new, stack.path, stack.format, stack.name, stack.level, stack.n_levels)
+
+
+def describe(path) -> dict:
+    """What a stack holds, read from its metadata only.
+
+    Returns
+    -------
+    dict
+        ``format``, ``shape``, ``dtype``, ``chunks`` (level 0), ``spacing`` (µm or None), ``levels`` (list of
+        (Z, Y, X) shapes), ``labels`` (label image names), ``attrs`` (the ``neuroseg_lite`` attributes).
+    """
+    stack = open_stack(path)
+    info = {"path": str(stack.path), "format": stack.format, "name": stack.name, "shape": stack.shape,
+            "dtype": str(stack.dtype), "chunks": tuple(int(c) for c in stack.data.chunksize),
+            "spacing": stack.spacing, "levels": [stack.shape], "labels": [], "attrs": {}}
+    if stack.format.startswith("ome-zarr"):
+        group = zarr.open_group(str(stack.path), mode="r")
+        info["levels"] = [open_stack(path, level=i).shape for i in range(stack.n_levels)]
+        info["attrs"] = dict(group.attrs.get("neuroseg_lite", {}))
+        if "labels" in group:
+            info["labels"] = list(_ome(group["labels"])[0].get("labels", []))
+    elif stack.format == "tiff":
+        info["levels"] = [open_stack(path, level=i).shape for i in range(stack.n_levels)]
+    return info
