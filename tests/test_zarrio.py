@@ -247,3 +247,13 @@ def test_written_metadata_is_ngff_05(tmp_path, volume):
     label = json.loads((path / "labels" / "m" / "zarr.json").read_text())["attributes"]["ome"]
     assert label["image-label"]["source"]["image"] == "../../"
     assert json.loads((path / "labels" / "zarr.json").read_text())["attributes"]["ome"]["labels"] == ["m"]
+
+
+def test_writers_refuse_bad_arrays(tmp_path, volume):
+    with pytest.raises(NeurosegInputError, match="3D"):
+        zarrio.write_ome_zarr(tmp_path / "p.ome.zarr", volume[0], spacing=(1, 1, 1))
+    with pytest.raises(NeurosegInputError, match="labels\\['m'\\] has shape"):
+        zarrio.write_ome_zarr(tmp_path / "p.ome.zarr", volume, spacing=(1, 1, 1), labels={"m": volume[:2]})
+    with pytest.raises(NeurosegInputError, match=".tif"):
+        zarrio.write_tiff(tmp_path / "p.png", volume, spacing=(1, 1, 1))
+    assert not (tmp_path / "p.ome.zarr").exists()
