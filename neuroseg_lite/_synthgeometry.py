@@ -94,13 +94,18 @@ def _segment_distance(offsets, start, direction, length):
     return np.sqrt(diff[0] ** 2 + diff[1] ** 2 + diff[2] ** 2), t, diff
 
 
-def _box(center_um, radius_um, shape, spacing):
-    """Slices and per-axis offsets (um, broadcastable) of the voxels within ``radius_um`` of a point."""
-    lo = np.maximum(np.floor((center_um - radius_um) / spacing).astype(int), 0)
-    hi = np.minimum(np.ceil((center_um + radius_um) / spacing).astype(int) + 1, shape)
+def _box(center_um, radius_um, shape, spacing, origin=(0, 0, 0)):
+    """Slices and per-axis offsets (um, broadcastable) of the voxels within ``radius_um`` of a point.
+
+    The grid of ``shape`` voxels starts at voxel index ``origin`` of the volume (a block of a larger
+    sample); offsets are computed from the volume's own indices, so a voxel gets the same value in any block.
+    """
+    origin = np.asarray(origin, dtype=int)
+    lo = np.maximum(np.floor((center_um - radius_um) / spacing).astype(int), origin)
+    hi = np.minimum(np.ceil((center_um + radius_um) / spacing).astype(int) + 1, origin + np.asarray(shape))
     if np.any(hi <= lo):
         return None, None
-    slices = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    slices = tuple(slice(int(a - o), int(b - o)) for a, b, o in zip(lo, hi, origin))
     offsets = []
     for axis in range(3):
         axis_shape = [1, 1, 1]

@@ -126,9 +126,10 @@ class SynthDataset:
 class _Canvas:
     """Accumulates the noise-free stain density of one volume, object by object, inside bounding boxes."""
 
-    def __init__(self, shape, spacing):
+    def __init__(self, shape, spacing, origin=(0, 0, 0)):
         self.shape = shape
         self.spacing = np.asarray(spacing)
+        self.origin = origin  # volume index of voxel (0, 0, 0): a canvas may cover one block of a sample
         self.signal = np.zeros(shape, np.float32)  # stain of cells and granules
         self.occupied = np.zeros(shape, np.float32)  # where cells displace the neuropil background
         self.instances = np.zeros(shape, np.int32)
@@ -136,7 +137,7 @@ class _Canvas:
         self.glia = np.zeros(shape, bool)
 
     def box(self, center_um, radius_um):
-        return _box(center_um, radius_um, self.shape, self.spacing)
+        return _box(center_um, radius_um, self.shape, self.spacing, self.origin)
 
     def paint(self, slices, occupancy, intensity):
         """Add stain where this object covers voxels no earlier object covers (objects never double up)."""
@@ -204,8 +205,41 @@ def _render_neuron(canvas, cell, index, cfg, texture):
                          (1.0 + cfg.stain_granularity * texture[slices]))
 
 
-def _render_vessels(paths, cfg, shape, spacing):
-    """Multiplicative factor on the neuropil background (dark lumen, faint wall) and the lumen mask."""
+def _draw_cell_attributes(rng, cfg, cell, granules):
+    """Draw a placed soma's nucleus, nucleolus, brightness and dendrite stub; append its lipofuscin granules."""
+    fraction = rng.uniform(*cfg.nucleus_fraction)
+    shift = -0.15 * cell["semi_axes"][0] if cell["taper"] > 0 else 0.0  # pyramid nuclei sit towards the base
+    cell["nucleus_center"] = cell["center"] + cell["rotation"][:, 0] * shift
+    cell["nucleus_axes"] = fraction * (cell["diameter"] / 2.0) * np.exp(rng.uniform(-0.1, 0.1, 3))
+    cell["nucleolus_center"] = cell["nucleus_center"] + rng.normal(0.0, 0.3, 3) * cell["nucleus_axes"]
+    cell["brightness"] = rng.lognormal(-0.5 * math.log1p(cfg.soma_brightness_cv ** 2),
+                                       math.sqrt(math.log1p(cfg.soma_brightness_cv ** 2)))
+    cell["dendrite_length"] = rng.uniform(*cfg.dendrite_length_um) if cell["kind"] == "pyramidal" else 0.0
+    if rng.random() < cfg.lipofuscin_cell_fraction:
+        # Lipofuscin gathers in one pole of the perikaryon; 0.8 of the semi-axes keeps it inside.
+        pole = cell["center"] + cell["rotation"] @ (0.8 * _random_unit(rng) * cell["semi_axes"] *
+                                                    np.array([1.0, 1 - cell["taper"], 1 - cell["taper"]]))
+        for _ in range(rng.integers(cfg.lipofuscin_granules_per_cell[0], cfg.lipofuscin_granules_per_cell[1] + 1)):
+            granules.append((pole + rng.normal(0.0, 1.0, 3), rng.uniform(*cfg.lipofuscin_sigma_um)))
+
+
+def _render_glia(canvas, glia, cfg, texture):
+    """Glial nuclei: stained, displacing the neuropil, never labelled."""
+    for cell in glia:
+        slices, offsets = canvas.box(cell["center"], cell["semi_axes"].max() + canvas.spacing.max())
+        if slices is None:
+            continue
+        occupancy, inside = _body(offsets, cell["rotation"], cell["semi_axes"], 0.0, canvas.spacing)
+        # Glial nuclei show clumped chromatin: twice the granularity of neuronal cytoplasm.
+        canvas.paint(slices, occupancy, cell["brightness"] * (1.0 + 2.0 * cfg.stain_granularity * texture[slices]))
+        canvas.glia[slices] |= inside
+
+
+def _render_vessels(paths, cfg, shape, spacing, origin=(0, 0, 0)):
+    """Multiplicative factor on the neuropil background (dark lumen, faint wall) and the lumen mask.
+
+    ``shape`` voxels from volume index ``origin`` (the whole volume, or one block of a larger sample).
+    """
     lumen = np.zeros(shape, np.float32)
     outer = np.zeros(shape, np.float32)
     mask = np.zeros(shape, bool)
@@ -215,7 +249,7 @@ def _render_vessels(paths, cfg, shape, spacing):
         reach = radius + cfg.vessel_wall_um + spacing[0]
         for first in range(0, len(points) - 1, chunk):
             piece = points[first:first + chunk + 1]
-            slices, offsets = _box(piece.mean(axis=0), np.ptp(piece, axis=0) / 2 + reach, shape, spacing)
+            slices, offsets = _box(piece.mean(axis=0), np.ptp(piece, axis=0) / 2 + reach, shape, spacing, origin)
             if slices is None:
                 continue
             best, best_diff = None, None
@@ -289,30 +323,9 @@ def make_volume(*, seed=0, preset: str = "tutorial", config: SynthConfig | None 
     canvas = _Canvas(shape, spacing)
     granules = []
     for index, cell in enumerate(cells, start=1):
-        fraction = rng.uniform(*cfg.nucleus_fraction)
-        shift = -0.15 * cell["semi_axes"][0] if cell["taper"] > 0 else 0.0  # pyramid nuclei sit towards the base
-        cell["nucleus_center"] = cell["center"] + cell["rotation"][:, 0] * shift
-        cell["nucleus_axes"] = fraction * (cell["diameter"] / 2.0) * np.exp(rng.uniform(-0.1, 0.1, 3))
-        cell["nucleolus_center"] = cell["nucleus_center"] + rng.normal(0.0, 0.3, 3) * cell["nucleus_axes"]
-        cell["brightness"] = rng.lognormal(-0.5 * math.log1p(cfg.soma_brightness_cv ** 2),
-                                           math.sqrt(math.log1p(cfg.soma_brightness_cv ** 2)))
-        cell["dendrite_length"] = rng.uniform(*cfg.dendrite_length_um) if cell["kind"] == "pyramidal" else 0.0
-        if rng.random() < cfg.lipofuscin_cell_fraction:
-            # Lipofuscin gathers in one pole of the perikaryon; 0.8 of the semi-axes keeps it inside.
-            pole = cell["center"] + cell["rotation"] @ (0.8 * _random_unit(rng) * cell["semi_axes"] *
-                                                        np.array([1.0, 1 - cell["taper"], 1 - cell["taper"]]))
-            for _ in range(rng.integers(cfg.lipofuscin_granules_per_cell[0],
-                                        cfg.lipofuscin_granules_per_cell[1] + 1)):
-                granules.append((pole + rng.normal(0.0, 1.0, 3), rng.uniform(*cfg.lipofuscin_sigma_um)))
+        _draw_cell_attributes(rng, cfg, cell, granules)
         _render_neuron(canvas, cell, index, cfg, texture)
-    for cell in glia:
-        slices, offsets = canvas.box(cell["center"], cell["semi_axes"].max() + spacing.max())
-        if slices is None:
-            continue
-        occupancy, inside = _body(offsets, cell["rotation"], cell["semi_axes"], 0.0, spacing)
-        # Glial nuclei show clumped chromatin: twice the granularity of neuronal cytoplasm.
-        canvas.paint(slices, occupancy, cell["brightness"] * (1.0 + 2.0 * cfg.stain_granularity * texture[slices]))
-        canvas.glia[slices] |= inside
+    _render_glia(canvas, glia, cfg, texture)
     n_free = rng.poisson(cfg.lipofuscin_density_per_mm3 * np.prod(hi - lo) / _UM3_PER_MM3)
     granules += [(rng.uniform(lo, hi), rng.uniform(*cfg.lipofuscin_sigma_um)) for _ in range(n_free)]
     for center, sigma in granules:
