@@ -34,7 +34,7 @@ __all__ = ["TilePlan", "make_plan", "block_regions", "intensity_range", "normali
 _EXACT_FLOAT_VOXELS = 1 << 26
 _FLOAT_BINS = 1 << 20
 # Voxels read at a time by intensity_range.
-_SCAN_VOXELS = 1 << 24
+_SCAN_VOXELS = 1 << 22
 
 
 @dataclass(frozen=True)
