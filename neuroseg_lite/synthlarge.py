@@ -133,17 +133,17 @@ def _check_seed(seed) -> int:
     return int(seed)
 
 
-def plan_sample(*, shape, seed=0, preset: str = "tutorial", **overrides) -> SamplePlan:
+def plan_sample(*, shape=None, seed=0, preset: str = "tutorial", **overrides) -> SamplePlan:
     """Place every object of a sample once; small data even for a large sample.
 
     Parameters
     ----------
-    shape : tuple of 3 ints
-        The sample's (Z, Y, X) size in voxels.
+    shape : tuple of 3 ints, optional
+        The sample's (Z, Y, X) size in voxels; None: the preset's.
     seed : int
         Same seed, shape and config give the same sample (and the same placement as ``make_volume``).
     preset : str
-        Name in :data:`neuroseg_lite.synth.PRESETS`; its ``shape`` is replaced by ``shape``.
+        Name in :data:`neuroseg_lite.synth.PRESETS`; ``shape`` replaces its shape.
     **overrides
         Any :class:`~neuroseg_lite.synthconfig.SynthConfig` field but ``shape``.
 
@@ -160,7 +160,7 @@ def plan_sample(*, shape, seed=0, preset: str = "tutorial", **overrides) -> Samp
     import pandas as pd
 
     seed = _check_seed(seed)
-    cfg = make_config(preset, **{**overrides, "shape": shape})
+    cfg = make_config(preset, **overrides if shape is None else {**overrides, "shape": shape})
     rng = np.random.default_rng(seed)
     shape, spacing = cfg.shape, np.asarray(cfg.spacing)
     # The same draws in the same order as make_volume, so the placement (and the labels) are its own.
@@ -381,7 +381,7 @@ def _write_block(region, plan, image, labels):
     return int(np.count_nonzero(block_labels))
 
 
-def write_sample(path, *, shape, seed=0, preset: str = "tutorial", block=(64, 256, 256), overwrite: bool = False,
+def write_sample(path, *, shape=None, seed=0, preset: str = "tutorial", block=(64, 256, 256), overwrite: bool = False,
                  progress: bool = True, client=None, **overrides) -> Path:
     """Render a synthetic sample block by block straight into an OME-Zarr image with its ground truth.
 
@@ -392,11 +392,11 @@ def write_sample(path, *, shape, seed=0, preset: str = "tutorial", block=(64, 25
     ----------
     path : str or Path
         The OME-Zarr folder to create (e.g. ``"sample.ome.zarr"``).
-    shape : tuple of 3 ints
-        (Z, Y, X) voxels.
+    shape : tuple of 3 ints, optional
+        (Z, Y, X) voxels; None: the preset's.
     seed : int
     preset : str
-        Name in :data:`neuroseg_lite.synth.PRESETS` (its shape is replaced).
+        Name in :data:`neuroseg_lite.synth.PRESETS` (``shape`` replaces its shape).
     block : tuple of 3 ints
         Voxels rendered at once, also the Zarr chunk shape; multiples of (8, 32, 32) waste no noise draws.
     overwrite : bool

@@ -88,6 +88,10 @@ def test_same_placement_and_statistics_as_make_volume(seed):
     assert 0.8 < image.std() / volume.image.std() < 1.25
 
 
+def test_shape_defaults_to_the_presets():
+    assert plan_sample(preset="tiny", seed=0).shape == (16, 64, 64)
+
+
 def test_detector_noise_has_the_poisson_gaussian_variance():
     noisy, _ = _whole(plan_sample(shape=(16, 64, 64), seed=2, preset="tiny"))
     clean, _ = _whole(plan_sample(shape=(16, 64, 64), seed=2, preset="tiny", noise=False))
