@@ -206,7 +206,10 @@ def _predict(args) -> None:
 
 
 def _as_probability(data):
-    """A prediction as float probability: predict's uint8 outputs hold probability x 255; a 0/1 uint8 is a mask."""
+    """A prediction as float probability: predict's uint8 outputs hold probability x 255; a 0/1 uint8 is a mask.
+
+    (objects.count_neurons reads uint8 predictions by the same rule.)
+    """
     if data.dtype != np.uint8:
         return data.astype(np.float32)
     if int(data.max()) <= 1:  # a binary mask (one pass over uint8 values, cheap next to predicting them)
@@ -222,7 +225,7 @@ def _count(args) -> None:
     stack = _open_lazy(args.prediction, _spacing_arg(args.spacing))
     if stack.spacing is None:
         raise NeurosegInputError(f"{args.prediction} does not say its voxel size; pass --spacing Z Y X (µm).")
-    result = objects.count_neurons(_as_probability(stack.data), spacing=stack.spacing, threshold=args.threshold,
+    result = objects.count_neurons(stack.data, spacing=stack.spacing, threshold=args.threshold,
                                    min_volume_um3=args.min_volume_um3, split_touching=args.split_touching)
     objects.write_table(result.table, output, overwrite=args.overwrite)
     print(f"{result.count} neurons in {result.volume_mm3:.4g} mm³ ({result.density_per_mm3:.0f} per mm³); "

@@ -52,7 +52,7 @@ from neuroseg_lite._synthgeometry import (
 from neuroseg_lite.synth import _Canvas, _draw_cell_attributes, _render_glia, _render_neuron, _render_vessels
 from neuroseg_lite.synthconfig import SynthConfig, make_config
 
-__all__ = ["SamplePlan", "plan_sample", "render_block", "write_sample", "read_truth"]
+__all__ = ["SamplePlan", "plan_sample", "render_block", "write_sample", "ensure_sample", "read_truth"]
 
 _TILE = (8, 32, 32)  # noise tile (voxels); small, so a block's halo costs few extra draws
 _COARSE_TILE = (8, 8, 8)  # tiles of the background's coarse grid (grid points)
@@ -381,6 +381,16 @@ def _write_block(region, plan, image, labels):
     return int(np.count_nonzero(block_labels))
 
 
+def _deciding_record(*, preset: str, seed: int, config: SynthConfig, overrides: dict) -> dict:
+    """Everything that decides a sample's voxels, as JSON values; the blocking does not."""
+    from neuroseg_lite import __version__
+
+    return dict(generator="neuroseg_lite.synthlarge.write_sample", version=__version__, preset=preset, seed=seed,
+                shape=list(config.shape), spacing=list(config.spacing),
+                overrides=json.loads(json.dumps(overrides, default=lambda v: np.asarray(v).tolist())),
+                noise_tile=list(_TILE))
+
+
 def write_sample(path, *, shape=None, seed=0, preset: str = "tutorial", block=(64, 256, 256), overwrite: bool = False,
                  progress: bool = True, client=None, **overrides) -> Path:
     """Render a synthetic sample block by block straight into an OME-Zarr image with its ground truth.
@@ -424,7 +434,7 @@ def write_sample(path, *, shape=None, seed=0, preset: str = "tutorial", block=(6
     """
     from tqdm.auto import tqdm
 
-    from neuroseg_lite import __version__, zarrio
+    from neuroseg_lite import zarrio
     from neuroseg_lite.cache import atomic_write
 
     path = Path(path)
@@ -441,10 +451,8 @@ def write_sample(path, *, shape=None, seed=0, preset: str = "tutorial", block=(6
     plan = plan_sample(shape=shape, seed=seed, preset=preset, **overrides)
     shape, spacing = plan.shape, plan.config.spacing
     block = tuple(min(b, n) for b, n in zip(block, shape))
-    record = dict(generator="neuroseg_lite.synthlarge.write_sample", version=__version__, preset=preset,
-                  seed=plan.seed, shape=list(shape), spacing=list(spacing), block=list(block),
-                  overrides=json.loads(json.dumps(overrides, default=lambda v: np.asarray(v).tolist())),
-                  noise_tile=list(_TILE), labels="labels/neurons", truth=_TRUTH_FILE, n_somata=len(plan.neurons))
+    record = dict(_deciding_record(preset=preset, seed=plan.seed, config=plan.config, overrides=overrides),
+                  block=list(block), labels="labels/neurons", truth=_TRUTH_FILE, n_somata=len(plan.neurons))
     image = zarrio.create_image(path, shape=shape, dtype=np.uint16, chunks=block, spacing=spacing, name="image",
                                 overwrite=overwrite, attrs={"synthlarge": record})
     labels = zarrio.create_labels(path, "neurons", dtype=np.int32, chunks=block)
@@ -467,6 +475,54 @@ def write_sample(path, *, shape=None, seed=0, preset: str = "tutorial", block=(6
     # Written last: a sample without its truth table is an interrupted one (read_truth says so).
     atomic_write(path / _TRUTH_FILE, lambda tmp: plan.neurons.to_csv(tmp, index=False))
     return path
+
+
+
+
+def ensure_sample(path, *, shape=None, seed=0, preset: str = "tutorial", block=(64, 256, 256),
+                  progress: bool = True, client=None, **overrides) -> Path:
+    """Reuse the sample at ``path`` if it is the one asked for, else write it (:func:`write_sample`).
+
+    A sample is reused only when it is complete (its truth table exists) and its generator record matches
+    the request on everything that decides its voxels (preset, overrides, seed, shape, spacing, noise tiling,
+    package version); ``block`` does not, since every blocking gives the same arrays. A sample from other
+    settings, or an interrupted one, is written anew with a :class:`~neuroseg_lite.cache.StaleCacheWarning`;
+    a folder that this module did not write is never replaced.
+
+    Parameters
+    ----------
+    path, shape, seed, preset, block, progress, client, **overrides
+        As in :func:`write_sample`.
+
+    Returns
+    -------
+    Path
+    """
+    import warnings
+
+    from neuroseg_lite import zarrio
+    from neuroseg_lite.cache import StaleCacheWarning
+
+    path = Path(path)
+    if not path.exists():
+        return write_sample(path, shape=shape, seed=seed, preset=preset, block=block, progress=progress,
+                            client=client, **overrides)
+    try:
+        stored = (zarrio.describe(path).get("attrs") or {}).get("synthlarge")
+    except NeurosegInputError:
+        stored = None
+    if stored is None:
+        raise NeurosegInputError(f"'{path}' exists but is not a sample written by synthlarge.write_sample, so it is "
+                                 "left untouched; choose another path.")
+    config = make_config(preset, **overrides if shape is None else {**overrides, "shape": tuple(shape)})
+    wanted = _deciding_record(preset=preset, seed=_check_seed(seed), config=config, overrides=overrides)
+    differences = [key for key, value in wanted.items() if stored.get(key) != value]
+    if not differences and (path / _TRUTH_FILE).is_file():
+        return path
+    reason = f"its {', '.join(differences)} differ" if differences else "it was interrupted (no truth table)"
+    warnings.warn(f"rewriting the sample {path}: {reason} from the request.", StaleCacheWarning, stacklevel=2)
+    return write_sample(path, shape=shape, seed=seed, preset=preset, block=block, overwrite=True,
+                        progress=progress, client=client, **overrides)
 
 
 def read_truth(path):

@@ -8,8 +8,9 @@ import zarr
 from scipy import ndimage
 
 from neuroseg_lite import NeurosegInputError
+from neuroseg_lite.cache import StaleCacheWarning
 from neuroseg_lite.synth import make_volume
-from neuroseg_lite.synthlarge import plan_sample, read_truth, render_block, write_sample
+from neuroseg_lite.synthlarge import ensure_sample, plan_sample, read_truth, render_block, write_sample
 
 SHAPE = (24, 96, 90)  # not a multiple of the noise tiles (8, 32, 32)
 
@@ -162,3 +163,25 @@ def test_bad_input_is_explained(tmp_path, plan):
         write_sample(tmp_path / "b.ome.zarr", shape=SHAPE, block=(0, 32, 32), progress=False)
     with pytest.raises(NeurosegInputError, match="write_sample"):
         read_truth(tmp_path / "missing.ome.zarr")
+
+
+def test_ensure_sample_reuses_only_the_sample_asked_for(tmp_path):
+    path = tmp_path / "s.ome.zarr"
+    options = dict(shape=(8, 32, 32), preset="tiny", block=(8, 32, 32), progress=False)
+    ensure_sample(path, seed=3, **options)
+    written = (path / "neurons.csv").stat().st_mtime_ns
+    ensure_sample(path, seed=3, **{**options, "block": (4, 16, 16)})  # the blocking decides nothing
+    assert (path / "neurons.csv").stat().st_mtime_ns == written
+    with pytest.warns(StaleCacheWarning, match="seed"):
+        ensure_sample(path, seed=4, **options)
+    assert np.array_equal(zarr.open_array(path / "0")[:], render_block(plan_sample(
+        shape=(8, 32, 32), seed=4, preset="tiny"), (slice(0, 8), slice(0, 32), slice(0, 32)))[0])
+    (path / "neurons.csv").unlink()  # an interrupted sample is written anew
+    with pytest.warns(StaleCacheWarning, match="interrupted"):
+        ensure_sample(path, seed=4, **options)
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(NeurosegInputError, match="left untouched"):
+        ensure_sample(foreign, seed=0, **options)
+    assert (foreign / "notes.txt").read_text() == "keep me"
