@@ -205,8 +205,8 @@ def main(args) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["16x128x128", "32x256x256"], help="ZxYxX stacks to time")
-    parser.add_argument("--capped-size", default="64x768x768", help="stack predicted under the memory cap")
-    parser.add_argument("--cap-mb", type=int, default=256, help="address space allowed beyond the runtime (MiB)")
+    parser.add_argument("--capped-size", default="64x1024x1024", help="stack predicted under the memory cap")
+    parser.add_argument("--cap-mb", type=int, default=512, help="address space allowed beyond the runtime (MiB)")
     parser.add_argument("--block", type=int, nargs=3, default=[32, 128, 128])
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--base-channels", type=int, default=8)
