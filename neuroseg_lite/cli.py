@@ -177,7 +177,6 @@ def _predict(args) -> None:
         _refuse_existing(masks, args.overwrite)
     model = checkpoint.load_model(args.model, kind="unet3d")
     stack = _open_lazy(args.input, _spacing_arg(args.spacing))
-    zarrio.check_spacing_match(stack.spacing, model.spacing, name=str(args.input))
     if args.resample:
         stack = zarrio.resample_stack(stack, spacing=model.spacing)
     client = None
@@ -225,8 +224,11 @@ def _count(args) -> None:
     stack = _open_lazy(args.prediction, _spacing_arg(args.spacing))
     if stack.spacing is None:
         raise NeurosegInputError(f"{args.prediction} does not say its voxel size; pass --spacing Z Y X (µm).")
-    result = objects.count_neurons(stack.data, spacing=stack.spacing, threshold=args.threshold,
-                                   min_volume_um3=args.min_volume_um3, split_touching=args.split_touching)
+    from dask.diagnostics import ProgressBar
+
+    with ProgressBar():
+        result = objects.count_neurons(stack.data, spacing=stack.spacing, threshold=args.threshold,
+                                       min_volume_um3=args.min_volume_um3, split_touching=args.split_touching)
     objects.write_table(result.table, output, overwrite=args.overwrite)
     print(f"{result.count} neurons in {result.volume_mm3:.4g} mm³ ({result.density_per_mm3:.0f} per mm³); "
           f"table: {output}")

@@ -5,7 +5,8 @@ everything here works block by block on dask arrays (numpy and zarr arrays are w
 the whole volume, only one block at a time plus small per-object tables.
 
 - :func:`label_neurons` turns a mask or probability into instance labels: connected components across blocks
-  (``dask_image.ndmeasure.label`` labels each block, then merges the labels that touch across block faces),
+  (``scipy.ndimage.label`` labels each block, then the labels that touch across block faces are merged by a
+  union-find in ``neuroseg_lite._blocklabel``),
   an optional watershed split of touching somata, then a size filter in µm³.
 - :func:`neuron_table` gives one row per neuron (centroid, volume, bounding box, mean probability) from
   per-block partial sums merged at the end.

@@ -159,8 +159,10 @@ def _disk_full(output, err) -> NeurosegInputError:
         "call again: it resumes where it stopped.")
 
 
-def _run_block(raw: np.ndarray, origin, region, index: int, job: _Job) -> int:
+def _run_block(raw, origin, region, index: int, job: _Job) -> int:
     torch.set_num_threads(_torch_threads())
+    if hasattr(raw, "compute"):  # a lazy region of a file: this worker reads it
+        raw = raw.compute(scheduler="synchronous")
     model = _model(job.model_file, job.kind)
     device = select_device(job.device)
     normalized = scaleplan.normalize_block(raw, model.intensity_normalization, job.value_range)
@@ -262,6 +264,7 @@ def _run(job_kind, model, source, output, *, block, tasks, client, overwrite, ti
     """Shared driver: checks, output record, one task per block on the cluster, pyramid, complete mark."""
     model = _model_and_file(model, job_kind)
     data, spacing, where = _source(source, spacing)
+    zarrio.check_spacing_match(spacing, model.spacing, name="the source")
     shape = tuple(int(n) for n in data.shape)
     if probability_dtype not in ("uint8", "float16"):
         raise NeurosegInputError(f"probability_dtype must be 'uint8' (0..255) or 'float16', got "
@@ -306,7 +309,8 @@ def _run(job_kind, model, source, output, *, block, tasks, client, overwrite, ti
     todo = [(i, region, inputs) for i, (region, inputs) in enumerate(regions)
             if not (markers / f"{i}.done").exists()]
     if todo:
-        _compute(todo, data, job, client=client, progress=progress, total=len(regions))
+        _compute(todo, data, job, client=client, progress=progress, total=len(regions),
+                 read_on_workers=where != "array" and hasattr(data, "compute"))
     if pyramid:
         zarrio.build_pyramid(output)
         zarrio.build_pyramid(output, label_name="mask")
@@ -320,7 +324,7 @@ def _run(job_kind, model, source, output, *, block, tasks, client, overwrite, ti
     return output
 
 
-def _compute(todo, data, job: _Job, *, client, progress: bool, total: int) -> None:
+def _compute(todo, data, job: _Job, *, client, progress: bool, total: int, read_on_workers: bool) -> None:
     from distributed import Client, as_completed
     from tqdm.auto import tqdm
 
@@ -335,10 +339,12 @@ def _compute(todo, data, job: _Job, *, client, progress: bool, total: int) -> No
 
         def submit():
             index, region, inputs = queue.pop(0)
-            # The client reads each task's input region just before submitting it, so at most `window`
-            # regions are in memory or in flight at any time, whatever the source (file, array, lazy array).
+            # A file's region is read by the worker that predicts it (on a cluster the data never pass through
+            # this process); an in-memory source is sliced here. Either way at most `window` regions are in
+            # memory or in flight at any time.
             raw = data[inputs]
-            raw = raw.compute(scheduler="threads") if hasattr(raw, "compute") else np.asarray(raw)
+            if not read_on_workers:
+                raw = raw.compute(scheduler="threads") if hasattr(raw, "compute") else np.asarray(raw)
             return client.submit(_run_block, raw, tuple(s.start for s in inputs), region, index, job,
                                  key=f"block-{index}-{uuid.uuid4().hex}")
 

@@ -519,8 +519,9 @@ def ensure_sample(path, *, shape=None, seed=0, preset: str = "tutorial", block=(
     differences = [key for key, value in wanted.items() if stored.get(key) != value]
     if not differences and (path / _TRUTH_FILE).is_file():
         return path
-    reason = f"its {', '.join(differences)} differ" if differences else "it was interrupted (no truth table)"
-    warnings.warn(f"rewriting the sample {path}: {reason} from the request.", StaleCacheWarning, stacklevel=2)
+    reason = (f"it differs from the request in {', '.join(differences)}" if differences
+              else "it was interrupted (no truth table)")
+    warnings.warn(f"rewriting the sample {path}: {reason}.", StaleCacheWarning, stacklevel=2)
     return write_sample(path, shape=shape, seed=seed, preset=preset, block=block, overwrite=True,
                         progress=progress, client=client, **overrides)
 

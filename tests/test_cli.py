@@ -78,3 +78,39 @@ def test_every_command_has_help_with_an_example():
         done = subprocess.run([sys.executable, "-m", "neuroseg_lite.cli", command, "--help"],
                               capture_output=True, text=True, check=True)
         assert "examples:" in done.stdout and f"neuroseg-lite {command}" in done.stdout
+
+
+def test_predict_to_tiff_and_count(tiny_data, tiny_model, tmp_path, capsys):
+    output = tmp_path / "prediction.tif"
+    run("predict", tiny_model, tiny_data / "image.tif", output)
+    probability, spacing = io.read_stack(output)
+    mask, _ = io.read_stack(tmp_path / "prediction_mask.tif")
+    assert probability.dtype == np.uint8 and spacing == (2.0, 0.9, 0.9)
+    assert np.array_equal(mask > 0, probability >= 128)  # the mask is probability >= 0.5
+    assert not any(p.name.startswith(".neuroseg-predict") for p in tmp_path.iterdir())  # scratch removed
+    run("predict", tiny_model, tiny_data / "image.tif", output, expect=2)  # never overwrites
+    assert "--overwrite" in capsys.readouterr().err
+    run("count", output, "--out", tmp_path / "neurons.csv", "--min-volume-um3", "0")
+    assert "neurons in" in capsys.readouterr().out
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "neurons.csv")
+    assert {"id", "z_um", "y_um", "x_um", "volume_um3", "mean_probability"} <= set(table.columns)
+
+
+def test_synth_a_large_sample_and_describe_it(tmp_path, capsys):
+    sample = tmp_path / "sample.ome.zarr"
+    run("synth", sample, "--preset", "tiny", "--shape", "16", "48", "40", "--block", "8", "32", "32")
+    run("info", sample)
+    described = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert described["shape"] == [16, 48, 40] and described["labels"] == ["neurons"]
+    assert (sample / "neurons.csv").is_file()
+    run("synth", sample, "--preset", "tiny", "--shape", "16", "48", "40", expect=2)
+
+
+def test_predict_refuses_a_model_of_the_wrong_kind(tiny_data, tmp_path, capsys):
+    model_2d = tmp_path / "model2d.pt"
+    run("train", "--image", tiny_data / "image.tif", "--labels", tiny_data / "annotation.tif", "--unlabelled", "255",
+        "--preset", "smoke", "--out", tmp_path / "m3d.pt", "--save-2d", model_2d)
+    run("predict", model_2d, tiny_data / "image.tif", tmp_path / "p.ome.zarr", expect=2)
+    assert "model2d" in capsys.readouterr().err
