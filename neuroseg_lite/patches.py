@@ -11,6 +11,7 @@ import torch
 
 from neuroseg_lite._checks import NeurosegInputError
 from neuroseg_lite.models2d import PATCH_CENTRE, PATCH_SIZE, reflect_positions
+from neuroseg_lite.resume import generator_state, set_generator_state
 
 __all__ = ["augment_patch", "PatchSampler", "AnnotatedPixelSampler", "patch_batch_2d", "crop_batch_2d"]
 
@@ -158,6 +159,15 @@ class PatchSampler:
             image, masks = augment_patch(image, masks, rng=self.rng)
         return {"image": np.asarray(image, dtype=np.float32), "target": np.asarray(masks[0], dtype=np.float32),
                 "annotated": np.asarray(masks[1], dtype=bool), "pseudo": np.asarray(masks[2], dtype=bool)}
+
+    def state_dict(self) -> dict:
+        """Where the sampler is in its random sequence (plain data; see :mod:`neuroseg_lite.resume`)."""
+        return {"rng": generator_state(self.rng), "n_skipped": self.n_skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the random sequence of :meth:`state_dict` (the Generator is changed in place)."""
+        set_generator_state(self.rng, state["rng"])
+        self.n_skipped = int(state["n_skipped"])
 
     def batch(self, size: int) -> dict[str, np.ndarray]:
         """``size`` patches stacked to arrays of shape (size, 1, z, y, x)."""

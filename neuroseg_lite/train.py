@@ -35,6 +35,7 @@ from neuroseg_lite.metrics import dice
 from neuroseg_lite.models2d import PRESETS_2D, Train2DConfig, build_model_2d
 from neuroseg_lite.patches import AnnotatedPixelSampler, PatchSampler, crop_batch_2d, patch_batch_2d
 from neuroseg_lite.pseudolabel import predict_planes
+from neuroseg_lite.resume import TrainingState, run_parts
 from neuroseg_lite.trainconfig import PRESETS_3D, TrainConfig, make_train_config
 from neuroseg_lite.trainer3d import Trainer3D
 from neuroseg_lite.unet3d import UNet3D, UNet3DConfig, required_divisor
@@ -154,20 +155,25 @@ def training_targets(labels, annotated, pseudo, config: TrainConfig):
 # --------------------------------------------------------------------------------------------- the loop
 
 
-def _fit(step, *, config, desc: str, progress: bool, validate=None, extras=()) -> dict:
+def _fit(step, *, config, desc: str, progress: bool, validate=None, extras=(), state=None, callback=None) -> dict:
     """Run ``step(i, lr) -> (loss tensor, extras dict)`` for every step; return the history.
 
     Losses are averaged over ``config.log_every`` steps (one device sync per interval); ``validate(history)``
     runs every ``config.val_every`` steps before the last (the last one is the caller's, after any averaging).
+    ``state`` (a :class:`~neuroseg_lite.resume.TrainingState`) restores a saved run before the first step and
+    saves one after the steps it says; ``callback(done)`` runs after each step (and its saving).
     """
     from tqdm.auto import tqdm
 
     history = {key: [] for key in ("step", "loss", "lr", *extras, "seconds")}
     if validate is not None:
         history.update(val_step=[], val_dice=[], val_seconds=[])
-    elapsed, losses = 0.0, []
-    with tqdm(total=config.steps, disable=not progress, desc=desc, unit="step") as bar:
-        for i in range(config.steps):
+    start, elapsed, losses = 0, 0.0, []
+    saved = None if state is None else state.load()
+    if saved is not None:
+        start, history, elapsed, losses = saved["step"], saved["history"], saved["elapsed"], saved["losses"]
+    with tqdm(total=config.steps, initial=start, disable=not progress, desc=desc, unit="step") as bar:
+        for i in range(start, config.steps):
             started = time.perf_counter()
             lr = learning_rate(i, config)
             loss, values = step(i, lr)
@@ -186,6 +192,10 @@ def _fit(step, *, config, desc: str, progress: bool, validate=None, extras=()) -
             bar.update(1)
             if validate is not None and config.val_every and done % config.val_every == 0 and done < config.steps:
                 validate(history, done, elapsed)
+            if state is not None and state.due(done):
+                state.save(done, history=history, elapsed=elapsed, losses=losses)
+            if callback is not None:
+                callback(done)
     return history
 
 
@@ -221,7 +231,8 @@ def _masked_bce(logits, targets, class_weights):
 
 def train_2d(images, annotations, *, config: Train2DConfig | None = None,
              intensity_normalization: IntensityNormalization | None = None, spacing=None, val=None,
-             device="auto", progress: bool = True) -> TrainedModel:
+             device="auto", progress: bool = True, resume=None, save_every_steps: int | None = None,
+             save_every_seconds: float | None = None, callback=None) -> TrainedModel:
     """Train the 2D pseudo-labeller on the annotated voxels of one or more stacks.
 
     Parameters
@@ -242,6 +253,14 @@ def train_2d(images, annotations, *, config: Train2DConfig | None = None,
     device : {"auto", "cpu", "cuda", "mps"} or torch.device
     progress : bool
         Show a tqdm bar with the running loss.
+    resume : str or Path, optional
+        A state file (:mod:`neuroseg_lite.resume`): absent, training starts and saves its state there; present
+        (an interrupted run of the same call), training continues from it and ends with the same weights as an
+        uninterrupted run. Removed when training finishes. A state of another run is refused.
+    save_every_steps, save_every_seconds : int, float, optional
+        When to save the state (with ``resume``); both None: every 60 seconds.
+    callback : callable, optional
+        ``callback(step)`` after each completed step (after its state is saved), e.g. to stop a test run there.
 
     Returns
     -------
@@ -309,11 +328,20 @@ def train_2d(images, annotations, *, config: Train2DConfig | None = None,
         _record_validation(history, done, elapsed, dice(probability, truth[planes_val]))
         network.train()
 
+    state = None
+    if resume is not None:
+        parts = run_parts("train_2d", configs={"train": config, "intensity": intensity.to_dict()},
+                          arrays=[*volumes, *labels, *annotated, *(val or ())], seed=config.seed, device=device)
+        objects = {"model": network, "optimizer": optimizer, **({"scaler": scaler} if use_amp else {})}
+        state = TrainingState(resume, parts=parts, objects=objects, generators={"rng": rng},
+                              every_steps=save_every_steps, every_seconds=save_every_seconds, device=device)
     network.train()
     history = _fit(step, config=config, desc=f"train 2D ({config.model})", progress=progress,
-                   validate=None if val is None else validate)
+                   validate=None if val is None else validate, state=state, callback=callback)
     if val is not None:
         validate(history, config.steps, history["seconds"][-1])
+    if state is not None:
+        state.finish()
     return TrainedModel(network=network.eval(), kind="model2d", model_config=config.model_config,
                         train_config=config, intensity_normalization=intensity, spacing=spacing, history=history)
 
@@ -354,7 +382,9 @@ def _build_trainer(images, annotations, *, pseudo, config: TrainConfig, model_co
 
 def train_3d(images, annotations, *, pseudo=None, config: TrainConfig | None = None,
              model_config: UNet3DConfig | None = None, intensity_normalization: IntensityNormalization | None = None,
-             spacing=None, val=None, device="auto", progress: bool = True) -> TrainedModel:
+             spacing=None, val=None, device="auto", progress: bool = True, resume=None,
+             save_every_steps: int | None = None, save_every_seconds: float | None = None,
+             callback=None) -> TrainedModel:
     """Train a 3D U-Net on sparse manual labels, optionally with pseudo-labels.
 
     Parameters
@@ -380,6 +410,14 @@ def train_3d(images, annotations, *, pseudo=None, config: TrainConfig | None = N
     device : {"auto", "cpu", "cuda", "mps"} or torch.device
     progress : bool
         Show a tqdm bar with the running loss.
+    resume : str or Path, optional
+        A state file (:mod:`neuroseg_lite.resume`): absent, training starts and saves its state there; present
+        (an interrupted run of the same call), training continues from it and ends with the same weights as an
+        uninterrupted run. Removed when training finishes. A state of another run is refused.
+    save_every_steps, save_every_seconds : int, float, optional
+        When to save the state (with ``resume``); both None: every 60 seconds.
+    callback : callable, optional
+        ``callback(step)`` after each completed step (after its state is saved), e.g. to stop a test run there.
 
     Returns
     -------
@@ -402,12 +440,23 @@ def train_3d(images, annotations, *, pseudo=None, config: TrainConfig | None = N
             trainer.model.train()
             _record_validation(history, done, elapsed, dice(probability, val[1]))
 
+        state = None
+        if resume is not None:
+            sampler = trainer.sampler
+            parts = run_parts("train_3d", configs={"train": config, "model": model_config,
+                                                   "intensity": intensity.to_dict()},
+                              arrays=[*sampler.images, *sampler.targets, *sampler.annotated, *sampler.pseudo_masks,
+                                      *(val or ())], seed=config.seed, device=device)
+            state = TrainingState(resume, parts=parts, objects={"trainer": trainer}, every_steps=save_every_steps,
+                                  every_seconds=save_every_seconds, device=device)
         history = _fit(trainer.step, config=config, desc="train 3D U-Net", progress=progress,
-                       validate=None if val is None else validate, extras=("lam",))
+                       validate=None if val is None else validate, extras=("lam",), state=state, callback=callback)
         started = time.perf_counter()
         trainer.finish()
         elapsed = (history["seconds"][-1] if history["seconds"] else 0.0) + time.perf_counter() - started
         if val is not None:
             validate(history, config.steps, elapsed)
+        if state is not None:
+            state.finish()
     return TrainedModel(network=trainer.model.eval(), kind="unet3d", model_config=model_config,
                         train_config=config, intensity_normalization=intensity, spacing=spacing, history=history)

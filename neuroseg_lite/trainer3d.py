@@ -38,6 +38,15 @@ class WeightAverage:
     def copy_to(self, model: torch.nn.Module) -> None:
         model.load_state_dict(self.average, strict=False)
 
+    def state_dict(self) -> dict:
+        """The average so far (tensors) and the number of weights in it; see :mod:`neuroseg_lite.resume`."""
+        return {"count": self.count, "average": self.average}
+
+    def load_state_dict(self, state: dict, *, device=None) -> None:
+        self.count = int(state["count"])
+        average = state["average"]
+        self.average = None if average is None else {k: v.to(device) for k, v in average.items()}
+
 
 class Trainer3D:
     """One 3D training run's state; ``step`` is exactly what ``train_3d`` does per iteration."""
@@ -85,6 +94,25 @@ class Trainer3D:
         if self.average is not None and step >= self.average_start:
             self.average.update(self.model)
         return loss, {"lam": lam}
+
+    def state_dict(self) -> dict:
+        """Network, optimiser, gradient scaler, weight average and sampler: what the next step depends on."""
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "sampler": self.sampler.state_dict(),
+                 "average": None if self.average is None else self.average.state_dict()}
+        if self.use_amp:  # a disabled scaler has no state (and refuses to load one)
+            state["scaler"] = self.scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict` of a run of the same configuration."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler.load_state_dict(state["sampler"])
+        if self.average is not None:
+            self.average.load_state_dict(state["average"], device=self.device)
+        if self.use_amp:
+            self.scaler.load_state_dict(state["scaler"])
 
     @torch.no_grad()
     def finish(self) -> None:
