@@ -85,9 +85,16 @@ class Pipeline:
         ``"auto"`` picks CUDA, then MPS, then the CPU.
     progress : bool
         Show progress bars while training and predicting.
+    save_every_steps, save_every_seconds : int, float, optional
+        How often a model in training saves its resumable state (:mod:`neuroseg_lite.resume`) beside the model
+        file it will become (``{label}-{key[:16]}.state.pt``, the same content key). A run killed while training
+        (a Colab disconnect) continues from that state when the same cell runs again, and ends with the same
+        weights. Both None: every 60 seconds. On Colab, point ``workdir`` at Google Drive so that it outlives the
+        runtime.
     """
 
-    def __init__(self, data: Data, *, preset="cpu", workdir=None, device="auto", progress=True):
+    def __init__(self, data: Data, *, preset="cpu", workdir=None, device="auto", progress=True,
+                 save_every_steps: int | None = None, save_every_seconds: float | None = None):
         if not isinstance(data, Data):
             raise NeurosegInputError(f"Pipeline needs a Data (experiment.prepare_data or synthetic_data), got "
                                      f"{type(data).__name__}.")
@@ -97,6 +104,7 @@ class Pipeline:
         self.cache = Cache(self.workdir)
         self.device = select_device(device)
         self.progress = progress
+        self.save_every = {"save_every_steps": save_every_steps, "save_every_seconds": save_every_seconds}
         self.timings: dict[str, float] = {}  # seconds of the stages run in this session, by artefact label
         self._annotations: dict[int, list] = {}
 
@@ -169,6 +177,13 @@ class Pipeline:
     def _label(self, run: Run) -> str:
         return f"{self.data.name}/{run.label}"
 
+    def state_path(self, kind: str, run: Run, *, label=None) -> Path:
+        """Where the training of ``run``'s model ("models2d" or "models") keeps its resumable state."""
+        return self.cache.path(kind, label or self._label(run), self._key(_ARTEFACTS[kind], run), ".state.pt")
+
+    def _resume(self, kind: str, run: Run, *, label=None) -> dict:
+        return {"resume": self.state_path(kind, run, label=label), **self.save_every}
+
     def _cached(self, kind: str, run: Run, suffix: str, read, make, write, label=None):
         """Load the artefact of ``run`` or make it (timed), store it and return it."""
         label = label or self._label(run)
@@ -189,13 +204,15 @@ class Pipeline:
     def model_2d(self, *, n_slices: int, seed: int = 0):
         """The 2D pseudo-labeller for ``n_slices`` annotated planes (a TrainedModel): loaded if cached, else trained."""
         run = Run("2d", n_slices=n_slices, seed=seed)
+        label = f"{self.data.name}/2d_k{n_slices}_seed{seed}"
         return self._cached(
             "models2d", run, ".pt", lambda path: load_model(path, kind="model2d", device=self.device),
             lambda: train.train_2d(self.data.train_images, self.sparse_labels(n_slices),
                                    config=self.train_config_2d(seed=seed),
                                    intensity_normalization=self.data.intensity_normalization,
-                                   spacing=self.data.spacing, device=self.device, progress=self.progress),
-            save_model, label=f"{self.data.name}/2d_k{n_slices}_seed{seed}")
+                                   spacing=self.data.spacing, device=self.device, progress=self.progress,
+                                   **self._resume("models2d", run, label=label)),
+            save_model, label=label)
 
     def annotated_prior(self, n_slices: int) -> float:
         """Foreground share of the annotated voxels of all training volumes at ``n_slices`` planes each."""
@@ -238,7 +255,8 @@ class Pipeline:
             return train.train_3d(self.data.train_images, self._annotations_for(run), pseudo=pseudo,
                                   config=self.train_config_3d(run), model_config=UNet3DConfig(**self.preset.model_3d),
                                   intensity_normalization=self.data.intensity_normalization,
-                                  spacing=self.data.spacing, device=self.device, progress=self.progress)
+                                  spacing=self.data.spacing, device=self.device, progress=self.progress,
+                                  **self._resume("models", run))
 
         return self._cached("models", run, ".pt", lambda path: load_model(path, kind="unet3d", device=self.device),
                             make, save_model)

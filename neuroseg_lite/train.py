@@ -39,7 +39,7 @@ from neuroseg_lite.resume import TrainingState, run_parts
 from neuroseg_lite.trainconfig import PRESETS_3D, TrainConfig, make_train_config
 from neuroseg_lite.trainer3d import Trainer3D
 from neuroseg_lite.unet3d import UNet3D, UNet3DConfig, required_divisor
-from neuroseg_lite.utils import seed_everything, select_device
+from neuroseg_lite.utils import seed_everything, select_device, warn_gpu_preset_on_cpu
 
 __all__ = [
     "TrainConfig",
@@ -279,6 +279,7 @@ def train_2d(images, annotations, *, config: Train2DConfig | None = None,
     volumes, labels, annotated = _checked_inputs(images, annotations, intensity, who="train_2d")
     val = _checked_val(val, intensity)
     device = select_device(device)
+    warn_gpu_preset_on_cpu(config, device, gpu_preset=PRESETS_2D["gpu"])
     rng = seed_everything(config.seed)
     network = build_model_2d(config).to(device)
 
@@ -429,6 +430,7 @@ def train_3d(images, annotations, *, pseudo=None, config: TrainConfig | None = N
     model_config = model_config or UNet3DConfig()
     intensity = intensity_normalization or IntensityNormalization()
     device = select_device(device)
+    warn_gpu_preset_on_cpu(config, device, gpu_preset=PRESETS_3D["gpu"], model_config=model_config)
     val = _checked_val(val, intensity)
     with _ThreadLimit(config.num_threads):
         trainer = _build_trainer(images, annotations, pseudo=pseudo, config=config, model_config=model_config,

@@ -4,14 +4,65 @@ Introduced in chapter 1 (``01_data``).
 """
 from __future__ import annotations
 
+import math
 import os
 import platform
 import random
+import warnings
 
 import numpy as np
 import torch
 
-__all__ = ["select_device", "seed_everything", "environment_report", "to_plain"]
+__all__ = ["select_device", "seed_everything", "environment_report", "to_plain", "CPUTrainingWarning",
+           "cpu_seconds_per_step", "warn_gpu_preset_on_cpu"]
+
+# Stated CPU costs of one training step, on an idle 2-core machine with 2 torch threads (sampling and augmentation
+# included). 3D: benchmarks/bench_train3d.py measured 0.16 s for 16x64x64 patches, batch 2, UNet3DConfig()
+# (16 base channels; see the note above PRESETS_3D in trainconfig.py). 2D: the "cpu" preset's 1500 steps of the
+# patch model at batch 128 take about a minute (models2d.PRESETS_2D), 0.04 s a step. Steps are scaled by the
+# voxels per batch and, for the U-Nets, by the squared width (convolution cost); a busy machine is slower still.
+_CPU_STEP_3D = (0.16, 16 * 64 * 64 * 2, 16)
+_CPU_STEP_2D = (0.04, 128 * 32 * 32, 16)
+
+
+class CPUTrainingWarning(UserWarning):
+    """A training budget meant for a GPU is running on the CPU (the message says how long it will take)."""
+
+
+def cpu_seconds_per_step(config, model_config=None) -> float:
+    """Estimated CPU seconds of one training step of ``config`` (TrainConfig or Train2DConfig), from stated costs.
+
+    A rough figure (within a factor of a few): the stated step cost scaled by the voxels per batch and the squared
+    network width, see the note above this function in the source.
+    """
+    if hasattr(config, "resolved_batch_size"):  # 2D
+        seconds, voxels, width = _CPU_STEP_2D
+        side = 32 if config.model == "patch" else config.patch_size
+        batch_voxels = config.resolved_batch_size() * side * side * config.in_channels
+        scale = 1.0 if config.model == "patch" else (config.base_channels / width) ** 2
+    else:
+        seconds, voxels, width = _CPU_STEP_3D
+        batch_voxels = config.batch_size * math.prod(config.patch_size)
+        scale = (getattr(model_config, "base_channels", width) / width) ** 2
+    return seconds * batch_voxels / voxels * scale
+
+
+def warn_gpu_preset_on_cpu(config, device, *, gpu_preset, model_config=None, stacklevel: int = 3) -> None:
+    """Warn (:class:`CPUTrainingWarning`) if ``config`` has the batch of ``gpu_preset`` and ``device`` is the CPU."""
+    def sizes(c):
+        return (getattr(c, "model", None), c.patch_size,
+                c.resolved_batch_size() if hasattr(c, "resolved_batch_size") else c.batch_size)
+
+    if torch.device(device).type != "cpu" or sizes(config) != sizes(gpu_preset):
+        return
+    seconds = config.steps * cpu_seconds_per_step(config, model_config)
+    hours = f"{seconds / 3600:.1f} hours" if seconds >= 3600 else f"{seconds / 60:.0f} minutes"
+    warnings.warn(
+        f"training with a 'gpu' preset ({config.steps} steps, batch {sizes(config)[2]}, patch {config.patch_size}) on "
+        f"the CPU: about {hours} ({config.steps} steps x {seconds / config.steps:.2f} s, estimated from a stated "
+        "2-core step cost; yours may differ by a factor of a few). Use a GPU (on Colab: Runtime > Change runtime "
+        "type > GPU) or the 'cpu' preset.", CPUTrainingWarning, stacklevel=stacklevel)
+
 
 
 def select_device(preference: str | torch.device = "auto") -> torch.device:
