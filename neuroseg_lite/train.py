@@ -39,7 +39,7 @@ from neuroseg_lite.resume import TrainingState, run_parts
 from neuroseg_lite.trainconfig import PRESETS_3D, TrainConfig, make_train_config
 from neuroseg_lite.trainer3d import Trainer3D
 from neuroseg_lite.unet3d import UNet3D, UNet3DConfig, required_divisor
-from neuroseg_lite.utils import seed_everything, select_device, warn_gpu_preset_on_cpu
+from neuroseg_lite.utils import seed_everything, select_device, torch_threads, warn_gpu_preset_on_cpu
 
 __all__ = [
     "TrainConfig",
@@ -203,20 +203,6 @@ def _record_validation(history: dict, step: int, elapsed: float, score: float) -
     history["val_step"].append(step)
     history["val_dice"].append(score)
     history["val_seconds"].append(round(elapsed, 3))
-
-
-class _ThreadLimit:
-    """Set torch's CPU threads for a block (None: leave them), restoring the previous number afterwards."""
-
-    def __init__(self, threads):
-        self.threads, self.previous = threads, torch.get_num_threads()
-
-    def __enter__(self):
-        if self.threads:
-            torch.set_num_threads(int(self.threads))
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.previous)
 
 
 # --------------------------------------------------------------------------------------------- 2D
@@ -432,7 +418,7 @@ def train_3d(images, annotations, *, pseudo=None, config: TrainConfig | None = N
     device = select_device(device)
     warn_gpu_preset_on_cpu(config, device, gpu_preset=PRESETS_3D["gpu"], model_config=model_config)
     val = _checked_val(val, intensity)
-    with _ThreadLimit(config.num_threads):
+    with torch_threads(config.num_threads):
         trainer = _build_trainer(images, annotations, pseudo=pseudo, config=config, model_config=model_config,
                                  intensity=intensity, device=device)
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 __all__ = ["select_device", "seed_everything", "environment_report", "to_plain", "CPUTrainingWarning",
-           "cpu_seconds_per_step", "warn_gpu_preset_on_cpu"]
+           "cpu_seconds_per_step", "warn_gpu_preset_on_cpu", "torch_threads"]
 
 # Stated CPU costs of one training step, on an idle 2-core machine with 2 torch threads (sampling and augmentation
 # included). 3D: benchmarks/bench_train3d.py measured 0.16 s for 16x64x64 patches, batch 2, UNet3DConfig()
@@ -23,6 +23,20 @@ __all__ = ["select_device", "seed_everything", "environment_report", "to_plain",
 # voxels per batch and, for the U-Nets, by the squared width (convolution cost); a busy machine is slower still.
 _CPU_STEP_3D = (0.16, 16 * 64 * 64 * 2, 16)
 _CPU_STEP_2D = (0.04, 128 * 32 * 32, 16)
+
+
+class torch_threads:  # noqa: N801 -- used like a function: ``with torch_threads(2): ...``
+    """Set torch's CPU threads for a block (None: leave the user's setting), restoring the previous number after."""
+
+    def __init__(self, threads: int | None):
+        self.threads, self.previous = threads, torch.get_num_threads()
+
+    def __enter__(self):
+        if self.threads:
+            torch.set_num_threads(int(self.threads))
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.previous)
 
 
 class CPUTrainingWarning(UserWarning):
