@@ -41,7 +41,7 @@ from neuroseg_lite.cache import atomic_write
 __all__ = ["DEFAULT_MIN_VOLUME_UM3", "label_neurons", "neuron_table", "NeuronCount", "count_neurons",
            "match_centroids", "density_map", "write_table"]
 
-#: Volume of a 5 µm sphere: smaller fragments are noise or slivers of cells cut by the stack's faces.
+#: The volume of a sphere 5 µm across; smaller fragments are noise or slivers of cells cut by the stack's faces.
 DEFAULT_MIN_VOLUME_UM3 = 4.0 / 3.0 * math.pi * 2.5 ** 3
 
 TABLE_COLUMNS = ["id", "z_um", "y_um", "x_um", "volume_um3", "diameter_um", "z0", "y0", "x0", "z1", "y1", "x1",
