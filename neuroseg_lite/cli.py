@@ -11,6 +11,7 @@ and read, in Python too::
     neuroseg-lite count prediction.ome.zarr --out neurons.csv
     neuroseg-lite evaluate prediction.ome.zarr labels.tif
     neuroseg-lite info prediction.ome.zarr
+    neuroseg-lite export model.pt model.zip                 # a bioimage.io package: napari, deepImageJ, ilastik
 
 Bad input ends the command with exit status 2 and a one-line reason; nothing is overwritten without
 ``--overwrite``.
@@ -51,6 +52,10 @@ _EPILOGS = {
     "info": """examples:
   neuroseg-lite info stack.ome.zarr
   neuroseg-lite info model.pt""",
+    "export": """examples:
+  neuroseg-lite export model.pt model.zip
+  neuroseg-lite export model_2d.pt model_2d.zip --test-input stack.tif --name "cortex neurons 2D"
+  bioimageio test model.zip                              # bioimageio.core's own check of the package""",
 }
 
 
@@ -276,6 +281,18 @@ def _info(args) -> None:
     _print_json(zarrio.describe(path))
 
 
+def _export(args) -> None:
+    from neuroseg_lite import bioimage
+
+    output = Path(args.output)
+    _refuse_existing(output, args.overwrite)
+    test_input = None if args.test_input is None else _read(args.test_input)[0]
+    bioimage.export_bioimage(Path(args.model), output, test_input=test_input, name=args.name,
+                             authors=args.author, overwrite=args.overwrite, allow_untrained=args.allow_untrained)
+    print(f"wrote the bioimage.io model package {output}; check it with 'bioimageio test {output}', open it in "
+          "napari, deepImageJ or ilastik")
+
+
 # ------------------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``neuroseg-lite`` (one subcommand per step)."""
@@ -367,6 +384,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("info", "Say what a stack or a model file holds (zarrio.describe, checkpoint.load_model).",
                   _info)
     sub.add_argument("path")
+
+    sub = command("export", "Write a model file as a bioimage.io model package for napari, deepImageJ and "
+                  "ilastik (bioimage.export_bioimage; needs the 'export' extra).", _export)
+    sub.add_argument("model", help="a model file (.pt) from 'neuroseg-lite train' (3D, or the 2D one of --save-2d)")
+    sub.add_argument("output", help="the package to write (.zip)")
+    sub.add_argument("--test-input", help="a stack (TIFF, Zarr, OME-Zarr) to crop the test input from "
+                     "(default: a small synthetic stack)")
+    sub.add_argument("--name", help="the model's name in the package")
+    sub.add_argument("--author", action="append", help="who trained it (repeat for several)")
+    sub.add_argument("--allow-untrained", action="store_true",
+                     help="export a network without training steps, marked as untrained")
+    overwrite_option(sub)
     return parser
 
 

@@ -74,7 +74,7 @@ def test_bad_input_gives_exit_status_2_and_one_line(tiny_data, tiny_model, tmp_p
 
 
 def test_every_command_has_help_with_an_example():
-    for command in ("synth", "train", "predict", "count", "evaluate", "info"):
+    for command in ("synth", "train", "predict", "count", "evaluate", "info", "export"):
         done = subprocess.run([sys.executable, "-m", "neuroseg_lite.cli", command, "--help"],
                               capture_output=True, text=True, check=True)
         assert "examples:" in done.stdout and f"neuroseg-lite {command}" in done.stdout
@@ -114,3 +114,19 @@ def test_predict_refuses_a_model_of_the_wrong_kind(tiny_data, tmp_path, capsys):
         "--preset", "smoke", "--out", tmp_path / "m3d.pt", "--save-2d", model_2d)
     run("predict", model_2d, tiny_data / "image.tif", tmp_path / "p.ome.zarr", expect=2)
     assert "model2d" in capsys.readouterr().err
+
+
+def test_export_writes_a_bioimageio_package_once(tiny_data, tiny_model, tmp_path, capsys):
+    pytest.importorskip("bioimageio.spec")
+    import zipfile
+
+    package = tmp_path / "model.zip"
+    run("export", tiny_model, package, "--test-input", tiny_data / "image.tif", "--name", "tiny cortex 3D",
+        "--author", "A. Tester")
+    assert "bioimageio test" in capsys.readouterr().out
+    with zipfile.ZipFile(package) as archive:
+        rdf = archive.read("rdf.yaml").decode()
+    assert "name: tiny cortex 3D" in rdf and "A. Tester" in rdf and "weights.pt" in archive.namelist()
+    run("export", tiny_model, package, expect=2)  # never overwrites
+    err = capsys.readouterr().err
+    assert err.startswith("neuroseg-lite export: error:") and "--overwrite" in err and err.count("\n") == 1
