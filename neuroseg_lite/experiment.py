@@ -75,8 +75,8 @@ class Pipeline:
         From :func:`~neuroseg_lite.experiment_data.prepare_data` or
         :func:`~neuroseg_lite.experiment_data.synthetic_data`.
     preset : str or ExperimentPreset
-        A key of :data:`neuroseg_lite.runs.PRESETS` (``"smoke"``, ``"sweep"``, ``"cpu"``, ``"gpu"``) or your own
-        preset.
+        A key of :data:`neuroseg_lite.runs.PRESETS` (``"smoke"``, ``"sweep"``, ``"sweep_curves"``, ``"cpu"``,
+        ``"gpu"``) or your own preset. A preset with ``val_every`` needs data with a validation volume.
     workdir : path-like, optional
         Where models, pseudo-labels and predictions are kept (default
         :func:`~neuroseg_lite.experiment_data.default_workdir`). One folder may
@@ -100,12 +100,18 @@ class Pipeline:
                                      f"{type(data).__name__}.")
         self.data = data
         self.preset = resolve_preset(preset)
+        if self.preset.val_every and data.val_image is None:
+            raise NeurosegInputError(
+                f"preset {self.preset.name!r} records learning curves on a validation volume, but {data.name!r} has "
+                "none: use experiment.synthetic_data(..., n_val=1), or prepare_data(..., val_image=, val_labels=) "
+                "with a held-out annotated crop, or a preset without val_every.")
         self.workdir = Path(workdir) if workdir is not None else default_workdir()
         self.cache = Cache(self.workdir)
         self.device = select_device(device)
         self.progress = progress
         self.save_every = {"save_every_steps": save_every_steps, "save_every_seconds": save_every_seconds}
         self.timings: dict[str, float] = {}  # seconds of the stages run in this session, by artefact label
+        self._seconds_in_stages = 0.0  # so that a stage's time leaves out the stages it had to make first
         self._annotations: dict[int, list] = {}
 
     @property
@@ -137,6 +143,8 @@ class Pipeline:
         """The resolved TrainConfig of a 3D run (knobs a method does not use keep the preset's defaults)."""
         knobs = ({"lam": run.lam, "pseudo_mode": run.pseudo_mode, "loss_normalization": run.loss_normalization}
                  if run.spec.uses_pseudo else {"lam": 0.0, "pseudo_mode": "hard", "loss_normalization": "paper"})
+        if self.preset.val_every:
+            knobs["val_every"] = self.preset.val_every
         return train.make_train_config(self.preset.train_3d, seed=run.seed,
                                        **{**self.preset.overrides_3d, **knobs})
 
@@ -164,7 +172,8 @@ class Pipeline:
                                 "annotation": annotation, "config": self.train_config_3d(run),
                                 "model": UNet3DConfig(**self.preset.model_3d),
                                 "pseudo": self._key("pseudo", run) if run.spec.uses_pseudo else None,
-                                "intensity": data.intensity_normalization})
+                                "intensity": data.intensity_normalization,
+                                **({"val": data.val_digest} if self.preset.val_every else {})})
         if kind == "prediction":
             return content_key({"kind": kind, "model": self._key("model", run), "image": data.test_digest,
                                 "inference": _INFERENCE})
@@ -191,9 +200,11 @@ class Pipeline:
         value = self.cache.load(kind, label, key, suffix, read)
         if value is not None:
             return value
-        start = time.perf_counter()
+        before, start = self._seconds_in_stages, time.perf_counter()
         value = make()
-        seconds = time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        seconds = elapsed - (self._seconds_in_stages - before)  # without the stages made inside make()
+        self._seconds_in_stages = before + elapsed
         self.timings[f"{kind}/{label}"] = seconds
         path = self.cache.save(kind, label, key, suffix, lambda tmp: write(tmp, value), seconds=seconds,
                                device=str(self.device), description={"data": self.data.name,
@@ -252,14 +263,47 @@ class Pipeline:
         def make():
             pseudo = (self.pseudo_probabilities(n_slices=run.n_slices, seed=run.seed) if run.spec.uses_pseudo
                       else None)
+            val = (self.data.val_image, self.data.val_labels) if self.preset.val_every else None
             return train.train_3d(self.data.train_images, self._annotations_for(run), pseudo=pseudo,
                                   config=self.train_config_3d(run), model_config=UNet3DConfig(**self.preset.model_3d),
                                   intensity_normalization=self.data.intensity_normalization,
-                                  spacing=self.data.spacing, device=self.device, progress=self.progress,
+                                  spacing=self.data.spacing, val=val, device=self.device, progress=self.progress,
                                   **self._resume("models", run))
 
         return self._cached("models", run, ".pt", lambda path: load_model(path, kind="unet3d", device=self.device),
                             make, save_model)
+
+    def learning_curve(self, run: Run) -> pd.DataFrame:
+        """Validation Dice of a 3D ``run``'s model during training (trained first if not cached).
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per validation: ``step``, ``seconds`` (training wall time up to that step, validation
+            excluded; the last row scores the returned, weight-averaged model) and ``val_dice``, plus the run's
+            ``method``, ``n_slices``, ``seed`` and results-row ``key``. Empty without ``val_every`` in the preset.
+        """
+        history = self.model_3d(run).history
+        curve = pd.DataFrame({"step": history.get("val_step", []), "seconds": history.get("val_seconds", []),
+                              "val_dice": history.get("val_dice", [])})
+        return curve.assign(method=run.method, n_slices=run.n_slices, seed=run.seed, key=self.row_key(run))
+
+    def pseudo_label_scores(self, *, n_slices: int, seed: int = 0) -> dict:
+        """Quality of the pseudo-labels on the voxels they stand in for: the unannotated training voxels.
+
+        Returns
+        -------
+        dict
+            :func:`~neuroseg_lite.metrics.segmentation_scores` (``dice``, ``precision``, ``recall``, ...) of the
+            2D model's probabilities (threshold 0.5) against the dense training labels, with the confusion counts
+            pooled over the training volumes.
+        """
+        pseudo = self.pseudo_probabilities(n_slices=n_slices, seed=seed)
+        counts = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
+        for probability, truth, annotation in zip(pseudo, self.data.train_labels, self.sparse_labels(n_slices)):
+            volume = metrics.confusion_counts(probability, truth, threshold=0.5, mask=~annotation.annotated)
+            counts = {name: counts[name] + int(volume[name]) for name in counts}
+        return metrics.scores_from_counts(counts)
 
     def predict(self, run: Run, *, image: np.ndarray | None = None) -> np.ndarray:
         """Foreground probability of ``run`` on the test volume (cached), or on a raw ``image`` if given."""

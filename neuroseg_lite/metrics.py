@@ -27,8 +27,8 @@ from scipy.optimize import linear_sum_assignment
 from neuroseg_lite._checks import NeurosegInputError, check_same_shape, check_spacing, check_volume
 from neuroseg_lite.io import binarize_labels
 
-__all__ = ["dice", "confusion_counts", "segmentation_scores", "object_scores", "surface_scores", "evaluate",
-           "pick_objects", "cap_profile"]
+__all__ = ["dice", "confusion_counts", "scores_from_counts", "segmentation_scores", "object_scores",
+           "surface_scores", "evaluate", "pick_objects", "cap_profile"]
 
 # Face-neighbour (6-)connectivity: two somata that touch only at an edge or corner stay two objects.
 _SIX_CONNECTED = ndimage.generate_binary_structure(3, 1)
@@ -106,7 +106,19 @@ def confusion_counts(prediction, truth, *, threshold: float = 0.5, mask=None) ->
     return _counts(*_prepare(prediction, truth, threshold, mask))
 
 
-def _scores_from_counts(counts: dict) -> dict:
+def scores_from_counts(counts: dict) -> dict:
+    """The scores of :func:`segmentation_scores` from confusion counts, e.g. counts pooled over volumes.
+
+    Parameters
+    ----------
+    counts : dict
+        ``tp``, ``fp``, ``fn`` and ``tn`` (as :func:`confusion_counts` returns them).
+
+    Examples
+    --------
+    >>> scores_from_counts({"tp": 3, "fp": 1, "fn": 1, "tn": 5})["dice"]
+    0.75
+    """
     tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
     return {
         "dice": _ratio(2 * tp, 2 * tp + fp + fn),
@@ -155,7 +167,7 @@ def segmentation_scores(prediction, truth, *, threshold: float = 0.5, mask=None)
         ``recall`` = TP / (TP + FN) as floats (1.0 when the denominator is 0, see the module docstring),
         plus ``tp``, ``fp``, ``fn``, ``tn``.
     """
-    return _scores_from_counts(confusion_counts(prediction, truth, threshold=threshold, mask=mask))
+    return scores_from_counts(confusion_counts(prediction, truth, threshold=threshold, mask=mask))
 
 
 # -------- object scores ---------------------------------------------------------------
@@ -451,7 +463,7 @@ def evaluate(prediction, truth, *, spacing, threshold: float = 0.5, mask=None, t
     """
     pred, true, region = _prepare(prediction, truth, threshold, mask)
     spacing = check_spacing(spacing)
-    result = _scores_from_counts(_counts(pred, true, region))
+    result = scores_from_counts(_counts(pred, true, region))
     objects = _object_scores(pred, true, min_iou=min_iou, min_size_voxels=min_size_voxels,
                              connectivity=connectivity)
     result.update({f"object_{key}": objects[key] for key in ("precision", "recall", "f1")})

@@ -148,6 +148,11 @@ class ExperimentPreset:
         Correct the class-balanced 2D model's probabilities to the foreground share of the annotated voxels
         (:func:`neuroseg_lite.pseudolabel.correct_prior`) wherever they are used: the 2D method's predictions
         and the pseudo-labels. Off in the paper's method; an ablation of chapter 7.
+    val_every : int
+        Learning curves: score the 3D models in training on the data's validation volume
+        (:attr:`~neuroseg_lite.experiment_data.Data.val_image`) every this many steps (0: no curves). Scoring
+        does not change the weights; it costs time and makes the model files differ (their history holds the
+        curve), so presets with and without curves train separate models.
     """
 
     name: str
@@ -157,9 +162,10 @@ class ExperimentPreset:
     overrides_2d: dict = field(default_factory=dict)
     overrides_3d: dict = field(default_factory=dict)
     prior_correction: bool = False
+    val_every: int = 0
 
 
-#: The experiment budgets by name ("smoke", "cpu", "sweep", "gpu").
+#: The experiment budgets by name ("smoke", "cpu", "sweep", "sweep_curves", "gpu").
 PRESETS = {
     # Seconds per model: for tests and the notebooks' SMOKE switch.
     "smoke": ExperimentPreset("smoke", train_2d="smoke", train_3d="smoke", model_3d={"base_channels": 8, "depth": 2}),
@@ -171,6 +177,12 @@ PRESETS = {
     # whose dense Dice was within 0.01 of a 600-step run: see benchmarks/calibrate_sweep_preset.py.
     "sweep": ExperimentPreset("sweep", train_2d="cpu", train_3d="cpu", model_3d={"base_channels": 8},
                               overrides_2d={"steps": 500}, overrides_3d={"steps": 400, "lr": 3e-3}),
+    # The "sweep" budgets with learning curves (validation Dice every 50 of the 400 steps): the powered grid of
+    # chapter 7 (benchmarks/paired_grid.py).
+    "sweep_curves": ExperimentPreset("sweep_curves", train_2d="cpu", train_3d="cpu", model_3d={"base_channels": 8},
+                                     overrides_2d={"steps": 500},
+                                     overrides_3d={"steps": 400, "lr": 3e-3, "val_tile": (32, 128, 128)},
+                                     val_every=50),
     # Paper-like budgets for a GPU (Colab).
     "gpu": ExperimentPreset("gpu", train_2d="gpu", train_3d="gpu", model_3d={"base_channels": 32, "depth": 4}),
 }

@@ -18,7 +18,7 @@ from neuroseg_lite._checks import NeurosegInputError, check_volume
 from neuroseg_lite.io import binarize_labels
 
 __all__ = ["SparseLabels", "simulate_sparse", "from_planes", "from_annotation_stack", "read_planes_file",
-           "distance_to_annotated", "even_planes"]
+           "distance_to_annotated", "even_planes", "objects_crossed"]
 
 _MODES = ("even", "random")
 
@@ -378,3 +378,43 @@ def distance_to_annotated(annotated, *, axis: int = 0) -> np.ndarray:
     broadcast_shape = [1, 1, 1]
     broadcast_shape[axis] = mask.shape[axis]
     return np.broadcast_to(per_plane.reshape(broadcast_shape), mask.shape).copy()
+
+
+def objects_crossed(labels, annotation: SparseLabels) -> tuple[int, int]:
+    """How many objects (neurons) an annotation's planes cut through, out of all objects of a volume.
+
+    Introduced in chapter 7 (``07_sparsity_sweep``): at one plane in a hundred, most neurons are never seen by
+    an annotator, and those are the ones pseudo-labels stand in for.
+
+    Parameters
+    ----------
+    labels : ndarray of shape (Z, Y, X)
+        Instance labels (each object its own value), or binary labels, whose face-connected components are
+        taken as the objects (touching objects then count once).
+    annotation : SparseLabels
+        Of the same volume.
+
+    Returns
+    -------
+    (n_crossed, n_objects) : tuple of int
+        Objects with at least one voxel on an annotated plane, and all objects.
+
+    Examples
+    --------
+    >>> labels = np.zeros((9, 4, 4), np.int32)
+    >>> labels[0:2, :2, :2], labels[4:7, 2:, 2:] = 1, 2
+    >>> objects_crossed(labels, from_planes(labels > 0, planes=[5]))
+    (1, 2)
+    """
+    from scipy import ndimage
+
+    labels = check_volume(labels, name="labels")
+    if labels.shape != annotation.labels.shape:
+        raise NeurosegInputError(f"labels have shape {labels.shape} but the annotation covers "
+                                 f"{annotation.labels.shape}; pass the labels of the annotated volume.")
+    if labels.dtype == bool or labels.max() <= 1:
+        labels, _ = ndimage.label(labels > 0)
+    ids = np.unique(labels[labels > 0])
+    on_planes = np.take(labels, list(annotation.planes), axis=annotation.axis)
+    crossed = np.intersect1d(ids, np.unique(on_planes[on_planes > 0]))
+    return int(crossed.size), int(ids.size)

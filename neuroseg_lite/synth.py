@@ -106,7 +106,11 @@ class SynthVolume:
 
 @dataclass(repr=False)
 class SynthDataset:
-    """Training and held-out test volumes, as in the paper (3 train + 1 test). ``seeds[i]`` rebuilds volume i."""
+    """Training and held-out test volumes, as in the paper (3 train + 1 test), and optional validation volumes.
+
+    ``seeds[i]`` rebuilds volume i of ``volumes``: the training volumes, the test volume, then the validation
+    volumes.
+    """
 
     train_images: list[np.ndarray]
     train_labels: list[np.ndarray]
@@ -116,6 +120,8 @@ class SynthDataset:
     config: SynthConfig
     seeds: list[int] = field(default_factory=list)
     volumes: list[SynthVolume] = field(default_factory=list)
+    val_images: list[np.ndarray] = field(default_factory=list)
+    val_labels: list[np.ndarray] = field(default_factory=list)
 
     def __repr__(self) -> str:
         return (f"SynthDataset(n_train={len(self.train_images)}, shape={self.test_image.shape}, "
@@ -372,7 +378,7 @@ def make_volume(*, seed=0, preset: str = "tutorial", config: SynthConfig | None 
 
 
 def make_dataset(*, n_train: int = 3, seed: int = 0, preset: str = "tutorial", config: SynthConfig | None = None,
-                 **overrides) -> SynthDataset:
+                 n_val: int = 0, **overrides) -> SynthDataset:
     """Generate ``n_train`` training volumes and one held-out test volume (the paper used 3 + 1).
 
     Parameters
@@ -380,18 +386,23 @@ def make_dataset(*, n_train: int = 3, seed: int = 0, preset: str = "tutorial", c
     n_train : int
         Number of training volumes (>= 1).
     seed : int
-        Master seed; volume ``i`` uses the i-th child of ``numpy.random.SeedSequence(seed)`` (the test
-        volume is the last), so volumes are independent and each can be rebuilt from ``dataset.seeds[i]``.
+        Master seed; volume ``i`` uses the i-th child of ``numpy.random.SeedSequence(seed)`` (the training
+        volumes, then the test volume, then the validation volumes), so volumes are independent, each can be
+        rebuilt from ``dataset.seeds[i]``, and asking for validation volumes leaves the others unchanged.
     preset : str
         Name in ``PRESETS``; ignored when ``config`` is given.
     config : SynthConfig, optional
+    n_val : int
+        Validation volumes (>= 0): for learning curves and checkpoint choice, never for the test score
+        (chapter 5).
     **overrides
         Any :class:`~neuroseg_lite.synthconfig.SynthConfig` field, applied to every volume.
 
     Returns
     -------
     SynthDataset
-        ``train_images`` / ``train_labels`` lists of (Z, Y, X) arrays, ``test_image``, ``test_labels``, spacing.
+        ``train_images`` / ``train_labels`` lists of (Z, Y, X) arrays, ``test_image``, ``test_labels``,
+        ``val_images`` / ``val_labels`` (empty unless ``n_val``), spacing.
 
     Examples
     --------
@@ -407,10 +418,14 @@ def make_dataset(*, n_train: int = 3, seed: int = 0, preset: str = "tutorial", c
         raise NeurosegInputError(f"n_train must be a positive integer (the paper used 3), got {n_train!r}.")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise NeurosegInputError(f"seed must be a non-negative integer, got {seed!r}.")
+    if isinstance(n_val, bool) or not isinstance(n_val, (int, np.integer)) or n_val < 0:
+        raise NeurosegInputError(f"n_val must be a non-negative integer, got {n_val!r}.")
     cfg = resolve_config(preset, config, overrides)
-    seeds = [int(child.generate_state(1)[0]) for child in np.random.SeedSequence(int(seed)).spawn(n_train + 1)]
+    children = np.random.SeedSequence(int(seed)).spawn(n_train + 1 + n_val)
+    seeds = [int(child.generate_state(1)[0]) for child in children]
     volumes = [make_volume(seed=s, config=cfg) for s in seeds]
+    train, test, val = volumes[:n_train], volumes[n_train], volumes[n_train + 1:]
     return SynthDataset(
-        train_images=[v.image for v in volumes[:-1]], train_labels=[v.labels for v in volumes[:-1]],
-        test_image=volumes[-1].image, test_labels=volumes[-1].labels, spacing=volumes[-1].spacing, config=cfg,
-        seeds=seeds, volumes=volumes)
+        train_images=[v.image for v in train], train_labels=[v.labels for v in train],
+        test_image=test.image, test_labels=test.labels, spacing=test.spacing, config=cfg,
+        seeds=seeds, volumes=volumes, val_images=[v.image for v in val], val_labels=[v.labels for v in val])

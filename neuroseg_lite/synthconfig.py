@@ -173,11 +173,13 @@ def _validate(cfg: SynthConfig) -> None:
 _DISTRACTORS_OFF = dict(glia_density_per_mm3=0.0, lipofuscin_cell_fraction=0.0, lipofuscin_density_per_mm3=0.0,
                         vessel_length_density_mm_per_mm3=0.0, dendrite_length_um=(0.0, 0.0))
 #: The named configurations, by name. "tutorial" is the book's default (:class:`SynthConfig`'s defaults);
-#: "small" and "tiny" are smaller crops ("tiny" with mouse-like density); "easy", "hard" and "mouse" vary
-#: the optics and the tissue.
+#: "small" and "tiny" are smaller crops ("tiny" with mouse-like density); "tall" is a narrow column twice as
+#: deep as "tutorial" (128 planes, so that one annotated plane is under 1 % of a volume, as in real stacks of
+#: hundreds of planes); "easy", "hard" and "mouse" vary the optics and the tissue.
 PRESETS: dict[str, SynthConfig] = {
     "tutorial": SynthConfig(),
     "small": SynthConfig(shape=(32, 128, 128)),
+    "tall": SynthConfig(shape=(128, 128, 128)),
     # Mouse-like density and sizes so that a 32 x 58 x 58 um crop still holds several whole somata.
     "tiny": SynthConfig(shape=(16, 64, 64), neuron_density_per_mm3=90_000.0, soma_diameter_um=(8.0, 16.0)),
     # Shallow, bright, high-NA imaging of clean tissue: a sanity-check level, not a realistic one.
@@ -202,7 +204,7 @@ def make_config(preset: str = "tutorial", **overrides) -> SynthConfig:
     Parameters
     ----------
     preset : str
-        One of ``PRESETS`` ("tutorial", "small", "tiny", "easy", "hard", "mouse").
+        One of ``PRESETS`` ("tutorial", "small", "tall", "tiny", "easy", "hard", "mouse").
     **overrides
         Any :class:`SynthConfig` field, e.g. ``psf_sigma_um=(1.0, 0.34, 0.34)``.
 

@@ -252,3 +252,76 @@ def test_synthetic_data_is_regenerated_when_its_record_does_not_match(tmp_path):
     assert json.loads(record.read_text())["key"] == stored["key"]
     np.testing.assert_array_equal(again.test_image, data.test_image)
     assert dataclasses.asdict(experiment.Run("3d_dense"))["n_slices"] is None
+
+
+# -- learning curves, stage times, pseudo-label quality ----------------------------------------------------------
+def _data_with_val(volumes, val_volume):
+    train, test = volumes
+    return experiment.prepare_data([train.image], [train.labels], test.image, test.labels, train.spacing,
+                                   name="tiny-val", val_image=val_volume.image, val_labels=val_volume.labels)
+
+
+def test_learning_curves_score_the_validation_volume_without_changing_the_weights(tiny_volumes, other_volumes,
+                                                                                  tmp_path):
+    data = _data_with_val(tiny_volumes, other_volumes[0])
+    curved_preset = experiment.preset_variant("smoke", val_every=6)
+    curved = experiment.Pipeline(data, preset=curved_preset, workdir=tmp_path, device="cpu", progress=False)
+    plain = experiment.Pipeline(data, preset="smoke", workdir=tmp_path, device="cpu", progress=False)
+    run = experiment.Run("3d_sparse", n_slices=2)
+    curve = curved.learning_curve(run)
+    steps = curved.train_config_3d(run).steps
+    assert list(curve["step"]) == [6, steps] and curve["val_dice"].between(0, 1).all()
+    assert curve["seconds"].is_monotonic_increasing and (curve["key"] == curved.row_key(run)).all()
+    assert curved.row_key(run) != plain.row_key(run)  # the model files differ (one holds a curve)
+    assert plain.learning_curve(run).empty
+    with_curve, without = curved.model_3d(run).network.state_dict(), plain.model_3d(run).network.state_dict()
+    for name, tensor in without.items():
+        assert bool((with_curve[name] == tensor).all()), name
+
+
+def test_a_curve_preset_needs_a_validation_volume(tiny_volumes, tmp_path):
+    train, test = tiny_volumes
+    data = experiment.prepare_data([train.image], [train.labels], test.image, test.labels, train.spacing,
+                                   name="no-val")
+    with pytest.raises(NeurosegInputError, match="validation volume.*n_val=1"):
+        experiment.Pipeline(data, preset="sweep_curves", workdir=tmp_path)
+    with pytest.raises(NeurosegInputError, match="both val_image and val_labels"):
+        experiment.prepare_data([train.image], [train.labels], test.image, test.labels, train.spacing,
+                                name="half-val", val_image=test.image)
+
+
+def test_stage_times_leave_out_the_stages_made_first(tiny_volumes, tmp_path):
+    table = _compare(tiny_volumes, tmp_path / "fresh").set_index("method")
+    # predicting the tiny test volume is far quicker than training: a prediction that had to train its model
+    # first must not count the training twice
+    for method in ("3d_sparse", "3d_pseudo", "3d_dense"):
+        assert table.loc[method, "predict_seconds"] < table.loc[method, "train_3d_seconds"], method
+
+
+def test_pseudo_label_scores_pool_the_unannotated_voxels(tiny_volumes, other_volumes, tmp_path):
+    train, test = tiny_volumes
+    volumes = [train, other_volumes[0]]
+    data = experiment.prepare_data([v.image for v in volumes], [v.labels for v in volumes], test.image,
+                                   test.labels, train.spacing, name="two")
+    pipe = experiment.Pipeline(data, preset="smoke", workdir=tmp_path, device="cpu", progress=False)
+    scores = pipe.pseudo_label_scores(n_slices=2, seed=0)
+    unannotated = sum(int((~a.annotated).sum()) for a in pipe.sparse_labels(2))
+    assert scores["tp"] + scores["fp"] + scores["fn"] + scores["tn"] == unannotated
+    pseudo = pipe.pseudo_probabilities(n_slices=2, seed=0)
+    truth = np.concatenate([labels[~a.annotated] for labels, a in zip(data.train_labels, pipe.sparse_labels(2))])
+    predicted = np.concatenate([p[~a.annotated] >= 0.5 for p, a in zip(pseudo, pipe.sparse_labels(2))])
+    tp = int((predicted & truth).sum())
+    assert scores["tp"] == tp and scores["dice"] == pytest.approx(2 * tp / (predicted.sum() + truth.sum()))
+
+
+def test_synthetic_data_with_a_validation_volume_keeps_the_others(tmp_path):
+    plain = experiment.synthetic_data(preset="tiny", seed=5, n_train=1, workdir=tmp_path)
+    assert plain.val_image is None and plain.val_digest is None
+    with_val = experiment.synthetic_data(preset="tiny", seed=5, n_train=1, n_val=1, workdir=tmp_path)
+    np.testing.assert_array_equal(with_val.train_images[0], plain.train_images[0])
+    np.testing.assert_array_equal(with_val.test_image, plain.test_image)
+    assert with_val.train_digest == plain.train_digest and with_val.test_digest == plain.test_digest
+    assert with_val.val_image.shape == plain.test_image.shape and with_val.val_labels.dtype == bool
+    assert not np.array_equal(with_val.val_image, with_val.test_image)
+    with pytest.raises(NeurosegInputError, match="n_val must be 0 or 1"):
+        experiment.synthetic_data(preset="tiny", seed=5, n_val=2, workdir=tmp_path)

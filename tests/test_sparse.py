@@ -9,6 +9,8 @@ from neuroseg_lite.sparse import (
     distance_to_annotated,
     even_planes,
     from_annotation_stack,
+    from_planes,
+    objects_crossed,
     read_planes_file,
     simulate_sparse,
 )
@@ -227,3 +229,14 @@ def test_from_annotation_stack_bad_input():
         from_annotation_stack(np.full((3, 4, 4), 255, np.uint8), unlabelled=255)
     with pytest.raises(NeurosegInputError, match="does not exist"):
         from_annotation_stack(stack, planes="no_such_file.txt")
+
+
+def test_objects_crossed_counts_instances_cut_by_an_annotated_plane():
+    labels = np.zeros((12, 6, 6), np.int32)
+    labels[1:3, :2, :2], labels[5:9, 3:, 3:], labels[5:9, :2, 3:] = 1, 2, 3  # 2 and 3 both cross plane 6
+    assert objects_crossed(labels, from_planes(labels > 0, planes=[6])) == (2, 3)
+    assert objects_crossed(labels, from_planes(labels > 0, planes=[0, 11])) == (0, 3)
+    # binary labels: face-connected components are the objects
+    assert objects_crossed(labels > 0, from_planes(labels > 0, planes=[2])) == (1, 3)
+    with pytest.raises(NeurosegInputError, match="labels of the annotated volume"):
+        objects_crossed(labels[:6], from_planes(labels > 0, planes=[2]))

@@ -1,4 +1,5 @@
 """Tests for neuroseg_lite.synth (the synthetic two-photon cortex)."""
+import dataclasses
 import time
 
 import numpy as np
@@ -247,3 +248,21 @@ def test_tutorial_volume_sanity():
     assert 0.02 < vol.foreground_fraction < 0.15
     image = vol.image.astype(float) - vol.config.offset_adu
     assert image[:8].mean() > image[-8:].mean()  # signal fades with depth
+
+
+def test_validation_volumes_leave_the_training_and_test_volumes_unchanged():
+    plain = make_dataset(n_train=2, seed=3, preset="tiny", noise=False)
+    with_val = make_dataset(n_train=2, seed=3, preset="tiny", noise=False, n_val=2)
+    assert plain.val_images == [] and len(with_val.val_images) == 2 == len(with_val.val_labels)
+    for a, b in zip(plain.train_images + [plain.test_image], with_val.train_images + [with_val.test_image]):
+        np.testing.assert_array_equal(a, b)
+    assert with_val.seeds[:3] == plain.seeds and len(set(with_val.seeds)) == 5
+    assert not np.array_equal(with_val.val_images[0], with_val.val_images[1])
+    with pytest.raises(NeurosegInputError, match="n_val"):
+        make_dataset(n_train=1, preset="tiny", n_val=-1)
+
+
+def test_the_tall_preset_is_the_tutorial_tissue_in_a_deeper_column():
+    tall, tutorial = PRESETS["tall"], PRESETS["tutorial"]
+    assert tall.shape[0] >= 128 and tall.shape[0] > tutorial.shape[0]
+    assert dataclasses.replace(tall, shape=tutorial.shape) == tutorial

@@ -1,0 +1,157 @@
+"""The powered, paired comparison of chapter 7: every sparse method on many synthetic data sets (issue #9).
+
+For each data seed (a new synthetic data set of the "tall" preset: 3 training volumes, 1 test volume and
+1 validation volume of 128 x 128 x 128 voxels), each training seed and each number k of annotated planes per
+training volume, it trains and scores the 2D model, the 3D U-Net on the annotated planes only and the 3D U-Net
+with pseudo-labels, and once per training seed the dense upper bound, all with the "sweep_curves" budgets
+(the "sweep" budgets of chapter 7 plus learning curves on the validation volume). Pairs of runs share the data
+set, the annotated planes and the training seed.
+
+Resumable: every run is cached in the working folder and every finished row is in the results table, so the
+same command continues an interrupted grid (on any machine: rows keep the machine they came from). The tables
+are small and committed, in ``neuroseg_lite/data/paired_grid/`` (package data, so chapter 7 reads them on Colab):
+
+- ``results.csv``: one row per run, the columns of :meth:`neuroseg_lite.experiment.Pipeline.evaluate` plus
+  ``data_seed`` and ``machine``;
+- ``curves.csv``: validation Dice against step and training seconds of every 3D run (``key`` joins it);
+- ``pseudo.csv``: per data set, k and seed, the pseudo-labels' scores on the unannotated training voxels and
+  the neurons crossed by an annotated plane;
+- ``grid.json``: the command, package and torch versions, machines and times.
+
+It runs k by k (the sparsest first, on every data set), so a grid stopped early has complete pairs at the
+sparsest budgets. Usage (2 CPU cores: about 5 minutes per data seed, training seed and k, plus 2 minutes per
+dense model: about 4.5 hours for the default grid)::
+
+    .venv/bin/python benchmarks/paired_grid.py                      # the default grid
+    .venv/bin/python benchmarks/paired_grid.py --data-seeds 0 1 --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from neuroseg_lite import __version__, experiment, sparse
+from neuroseg_lite.cache import atomic_write
+
+OUT = Path(__file__).resolve().parents[1] / "neuroseg_lite" / "data" / "paired_grid"
+DATA_PRESET = "tall"
+PRESET = "sweep_curves"
+LAM = 0.5
+METHODS = ("2d", "3d_sparse", "3d_pseudo", "3d_dense")
+
+
+def machine() -> str:
+    """A short description of this machine's CPU, for the rows it makes."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def write_csv(path: Path, table: pd.DataFrame) -> None:
+    atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
+
+
+def read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path) if path.exists() else pd.DataFrame()
+
+
+def merged(path: Path, new: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """The table at ``path`` with ``new``'s rows added (rows with the same ``keys`` are replaced)."""
+    old = read(path)
+    table = pd.concat([old, new], ignore_index=True) if len(old) else new
+    return table.drop_duplicates(subset=keys, keep="last").reset_index(drop=True)
+
+
+def run_data_set(data_seed: int, *, seeds, k_values, workdir: Path, meta: dict) -> None:
+    data = experiment.synthetic_data(preset=DATA_PRESET, seed=data_seed, n_val=1, workdir=workdir)
+    results_file = workdir / "results" / f"paired_grid_{data.name}.csv"
+    stored = read(OUT / "results.csv")
+    if not results_file.exists() and len(stored):
+        # a new machine: the committed rows are done (their keys say so), only their models are not here
+        results_file.parent.mkdir(parents=True, exist_ok=True)
+        write_csv(results_file, stored[stored["data"] == data.name])
+    started = time.perf_counter()
+    rows = experiment.sweep(data, n_slices=k_values, seeds=seeds, lams=[LAM], methods=METHODS, preset=PRESET,
+                            workdir=workdir,
+                            results_file=results_file, device="cpu")
+    pipe = experiment.Pipeline(data, preset=PRESET, workdir=workdir, device="cpu", progress=False)
+    rows = rows.assign(data_seed=data_seed)
+    machines = dict(zip(stored.get("key", []), stored.get("machine", [])))
+    rows["machine"] = [machines.get(key, meta["this_machine"]) for key in rows["key"]]
+    write_csv(OUT / "results.csv", merged(OUT / "results.csv", rows, ["key"]))
+
+    # curves and pseudo-label scores of committed rows are committed too (recomputing them would retrain)
+    have_curves = set(read(OUT / "curves.csv").get("key", []))
+    runs = experiment.grid(methods=METHODS, n_slices=k_values, seeds=seeds, lams=[LAM])
+    curves = [pipe.learning_curve(run) for run in runs
+              if run.spec.network == "unet3d" and pipe.row_key(run) not in have_curves]
+    if curves:
+        curves = pd.concat(curves, ignore_index=True).assign(data_seed=data_seed)
+        write_csv(OUT / "curves.csv", merged(OUT / "curves.csv", curves, ["key", "step"]))
+
+    have_pseudo = {(row["data"], row["n_slices"], row["seed"]) for row in read(OUT / "pseudo.csv").to_dict("records")}
+    quality = []
+    for k in k_values:
+        crossed = [sparse.objects_crossed(labels, annotation)
+                   for labels, annotation in zip(data.train_labels, pipe.sparse_labels(k))]
+        for seed in seeds:
+            if (data.name, k, seed) in have_pseudo:
+                continue
+            scores = pipe.pseudo_label_scores(n_slices=k, seed=seed)
+            quality.append({"data": data.name, "data_seed": data_seed, "n_slices": k, "seed": seed,
+                            "annotated_fraction": float(np.mean([a.fraction for a in pipe.sparse_labels(k)])),
+                            "neurons_crossed": sum(c for c, _ in crossed), "neurons": sum(n for _, n in crossed),
+                            **{f"pseudo_{name}": scores[name] for name in ("dice", "precision", "recall")}})
+    if quality:
+        write_csv(OUT / "pseudo.csv", merged(OUT / "pseudo.csv", pd.DataFrame(quality), ["data", "n_slices", "seed"]))
+    done = f"data seed {data_seed}, k {k_values}"
+    meta["done"][done] = {"seconds_this_session": round(time.perf_counter() - started, 1),
+                          "finished": datetime.datetime.now().isoformat(timespec="seconds")}
+    meta["updated"] = meta["done"][done]["finished"]
+    atomic_write(OUT / "grid.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
+    print(f"{done}: {len(rows)} runs, {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-seeds", type=int, nargs="+", default=list(range(8)))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds")
+    parser.add_argument("--k", type=int, nargs="+", default=[1, 2, 4], help="annotated planes per volume")
+    parser.add_argument("--workdir", type=Path, default=Path("neuroseg_work"))
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    OUT.mkdir(parents=True, exist_ok=True)
+    meta_file = OUT / "grid.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {"done": {}}
+    meta.update(command="python benchmarks/paired_grid.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                data_preset=DATA_PRESET, preset=PRESET, lam=LAM, seeds=args.seeds, k_values=args.k,
+                data_seeds=args.data_seeds, package=__version__, torch=torch.__version__,
+                numpy=np.__version__, threads=args.threads, this_machine=machine())
+    meta.setdefault("machines", [])
+    if meta["this_machine"] not in meta["machines"]:
+        meta["machines"].append(meta["this_machine"])
+    # the sparsest k on every data set first: a grid stopped early has its most important column complete
+    for k in args.k:
+        for data_seed in args.data_seeds:
+            run_data_set(data_seed, seeds=args.seeds, k_values=[k], workdir=args.workdir, meta=meta)
+
+
+if __name__ == "__main__":
+    main()
