@@ -16,6 +16,8 @@ are small and committed, in ``neuroseg_lite/data/paired_grid/`` (package data, s
 - ``curves.csv``: validation Dice against step and training seconds of every 3D run (``key`` joins it);
 - ``pseudo.csv``: per data set, k and seed, the pseudo-labels' scores on the unannotated training voxels and
   the neurons crossed by an annotated plane;
+- ``ablations.csv``: at the sparsest k, on the first data sets, the pseudo-label model with other lambdas, soft
+  pseudo-labels, the "global" loss normalisation and the prior-corrected 2D model (same columns as results);
 - ``grid.json``: the command, package and torch versions, machines and times.
 
 It runs k by k (the sparsest first, on every data set), so a grid stopped early has complete pairs at the
@@ -48,6 +50,7 @@ DATA_PRESET = "tall"
 PRESET = "sweep_curves"
 LAM = 0.5
 METHODS = ("2d", "3d_sparse", "3d_pseudo", "3d_dense")
+ABLATION_LAMS = [0.25, 1.0]  # besides LAM, in the main grid
 
 
 def machine() -> str:
@@ -128,12 +131,44 @@ def run_data_set(data_seed: int, *, seeds, k_values, workdir: Path, meta: dict) 
     print(f"{done}: {len(rows)} runs, {time.perf_counter() - started:.0f} s", flush=True)
 
 
+def run_ablations(data_seed: int, *, seeds, k: int, workdir: Path, meta: dict) -> None:
+    """The pseudo-label method's knobs at one k, paired with its default (lambda 0.5, hard, "paper")."""
+    data = experiment.synthetic_data(preset=DATA_PRESET, seed=data_seed, n_val=1, workdir=workdir)
+    results_file = workdir / "results" / f"paired_grid_ablations_{data.name}.csv"
+    stored = read(OUT / "ablations.csv")
+    if not results_file.exists() and len(stored):
+        results_file.parent.mkdir(parents=True, exist_ok=True)
+        write_csv(results_file, stored[stored["data"] == data.name])
+    started = time.perf_counter()
+    common = {"n_slices": [k], "seeds": seeds, "workdir": workdir, "results_file": results_file, "device": "cpu"}
+    parts = [
+        experiment.sweep(data, lams=ABLATION_LAMS, methods=["3d_pseudo"], preset=PRESET, **common),
+        experiment.sweep(data, lams=[LAM], pseudo_modes=["soft"], methods=["3d_pseudo"], preset=PRESET, **common),
+        experiment.sweep(data, lams=[LAM], loss_normalizations=["global"], methods=["3d_pseudo"], preset=PRESET,
+                         **common),
+        experiment.sweep(data, lams=[LAM], methods=["2d", "3d_pseudo"],
+                         preset=experiment.preset_variant(PRESET, prior_correction=True), **common),
+    ]
+    rows = pd.concat(parts, ignore_index=True).drop_duplicates("key").assign(data_seed=data_seed)
+    machines = dict(zip(stored.get("key", []), stored.get("machine", [])))
+    rows["machine"] = [machines.get(key, meta["this_machine"]) for key in rows["key"]]
+    write_csv(OUT / "ablations.csv", merged(OUT / "ablations.csv", rows, ["key"]))
+    done = f"ablations: data seed {data_seed}, k {k}"
+    meta["done"][done] = {"seconds_this_session": round(time.perf_counter() - started, 1),
+                          "finished": datetime.datetime.now().isoformat(timespec="seconds")}
+    meta["updated"] = meta["done"][done]["finished"]
+    atomic_write(OUT / "grid.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
+    print(f"{done}: {len(rows)} runs, {time.perf_counter() - started:.0f} s", flush=True)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-seeds", type=int, nargs="+", default=list(range(8)))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds")
     parser.add_argument("--k", type=int, nargs="+", default=[1, 2, 4], help="annotated planes per volume")
     parser.add_argument("--workdir", type=Path, default=Path("neuroseg_work"))
+    parser.add_argument("--ablation-data-seeds", type=int, nargs="*", default=[0, 1, 2],
+                        help="data sets of the ablations (at the sparsest k, after its main grid)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -151,6 +186,9 @@ def main(argv=None) -> None:
     for k in args.k:
         for data_seed in args.data_seeds:
             run_data_set(data_seed, seeds=args.seeds, k_values=[k], workdir=args.workdir, meta=meta)
+        if k == min(args.k):
+            for data_seed in args.ablation_data_seeds:
+                run_ablations(data_seed, seeds=args.seeds, k=k, workdir=args.workdir, meta=meta)
 
 
 if __name__ == "__main__":

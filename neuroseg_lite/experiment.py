@@ -35,6 +35,7 @@ from neuroseg_lite.cache import Cache, atomic_write, content_key
 from neuroseg_lite.checkpoint import FORMAT_VERSION, load_model, save_model
 from neuroseg_lite.experiment_data import Data, default_workdir, prepare_data, synthetic_data
 from neuroseg_lite.models2d import PRESETS_2D
+from neuroseg_lite.paired import plan_budget
 from neuroseg_lite.runs import METHODS, PRESETS, ExperimentPreset, Run, grid, preset_variant, resolve_preset
 from neuroseg_lite.unet3d import UNet3DConfig
 from neuroseg_lite.utils import select_device
@@ -53,6 +54,7 @@ __all__ = [
     "Pipeline",
     "sweep",
     "compare",
+    "plan_budget",
 ]
 
 
