@@ -325,3 +325,10 @@ def test_synthetic_data_with_a_validation_volume_keeps_the_others(tmp_path):
     assert not np.array_equal(with_val.val_image, with_val.test_image)
     with pytest.raises(NeurosegInputError, match="n_val must be 0 or 1"):
         experiment.synthetic_data(preset="tiny", seed=5, n_val=2, workdir=tmp_path)
+
+
+def test_the_curves_preset_is_the_sweep_budget_plus_validation():
+    sweep, curves = experiment.PRESETS["sweep"], experiment.PRESETS["sweep_curves"]
+    assert curves.val_every > 0 and sweep.val_every == 0
+    without_validation = {k: v for k, v in curves.overrides_3d.items() if k != "val_tile"}
+    assert dataclasses.replace(curves, name="sweep", val_every=0, overrides_3d=without_validation) == sweep
