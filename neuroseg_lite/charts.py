@@ -19,7 +19,8 @@ from matplotlib.figure import Figure
 
 from neuroseg_lite._checks import NeurosegInputError
 
-__all__ = ["plot_history", "plot_confusion", "plot_metric_vs_k", "METHOD_LABELS"]
+__all__ = ["plot_history", "plot_confusion", "plot_metric_vs_k", "plot_paired_differences", "plot_learning_curves",
+           "plot_build_points", "METHOD_LABELS"]
 
 #: The one set of method names for every figure and table of the book (chapters 6-8).
 METHOD_LABELS = {
@@ -201,7 +202,7 @@ def _spread(values: np.ndarray, kind: str) -> tuple[float, float]:
 
 def plot_metric_vs_k(table, *, metrics=("dice", "precision", "recall"), x="n_slices", methods=None,
                      reference_methods=("3d_dense",), spread="range", xscale="log", show_points=True,
-                     title=None, figsize=None, axes=None) -> Figure:
+                     cluster=None, title=None, figsize=None, axes=None) -> Figure:
     """Scores against the annotation budget (or another setting): mean and spread over seeds, per method.
 
     Introduced in chapter 7 (``07_sparsity_sweep``), where it draws the paper's Figure 2.
@@ -227,7 +228,11 @@ def plot_metric_vs_k(table, *, metrics=("dice", "precision", "recall"), x="n_sli
     xscale : {"log", "linear"}
         ``"log"`` (base 2) suits annotation budgets 1, 2, 4, ...; use ``"linear"`` when ``x`` can be 0.
     show_points : bool
-        Also draw every single run as a small faint dot.
+        Also draw every single run (with ``cluster``: every data set) as a small faint dot.
+    cluster : str, optional
+        A column naming the independent unit (``"data_seed"`` for a grid over several data sets): rows are
+        first averaged over the seeds within each (method, x, cluster), and the mean and spread are taken
+        over those per-data-set means.
     title : str, optional
     figsize : tuple of 2 float, optional
     axes : sequence of matplotlib Axes, optional
@@ -264,13 +269,19 @@ def plot_metric_vs_k(table, *, metrics=("dice", "precision", "recall"), x="n_sli
     if xscale == "log" and (frame.loc[frame["method"].isin(methods), x] <= 0).any():
         raise NeurosegInputError(f"column {x!r} has values <= 0, which a log axis cannot show; use "
                                  "xscale='linear'.")
+    if cluster is not None and cluster not in frame.columns:
+        raise NeurosegInputError(f"table has no column {cluster!r} (cluster); it has {sorted(frame.columns)}.")
     if "seed" in frame.columns:
-        repeated = frame[frame["method"].isin(methods)].duplicated(subset=["method", x, "seed"])
+        unit = ["method", x, "seed"] + ([cluster] if cluster else [])
+        repeated = frame[frame["method"].isin(methods)].duplicated(subset=unit)
         if repeated.any():
             row = frame[frame["method"].isin(methods)][repeated].iloc[0]
             raise NeurosegInputError(
                 f"several rows for method {row['method']!r}, {x} = {row[x]}, seed {row['seed']}: they differ in "
-                "another setting (e.g. lam or pseudo_mode). Filter the table to one setting per method first.")
+                "another setting (e.g. lam or pseudo_mode, or the data set: pass cluster=). Filter the table to one "
+                "setting per method first.")
+    if cluster is not None:  # one row per data set: its mean over the seeds
+        frame = frame.groupby(["method", x, cluster], as_index=False)[metrics].mean()
 
     x_values = np.sort(frame.loc[frame["method"].isin(methods), x].unique().astype(float))
     # small horizontal offsets keep the error bars of different methods apart
@@ -319,3 +330,204 @@ def plot_metric_vs_k(table, *, metrics=("dice", "precision", "recall"), x="n_sli
         fig.suptitle(title)
     return fig
 
+
+
+def _method_color(method: str, fallback: int) -> str:
+    """The method's colour in every chart of the book (its place in ``METHOD_LABELS``)."""
+    return f"C{list(METHOD_LABELS).index(method)}" if method in METHOD_LABELS else f"C{fallback}"
+
+
+def _log2_axis(ax, values) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(values, [f"{v:g}" for v in values])
+    ax.minorticks_off()
+
+
+def plot_paired_differences(table, *, metrics=None, x="n_slices", title=None, figsize=None, axes=None) -> Figure:
+    """Paired differences with their confidence intervals against ``x``, one panel per metric.
+
+    Introduced in chapter 7 (``07_sparsity_sweep``).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        :func:`neuroseg_lite.paired.paired_differences`'s table: ``x``, ``against``, ``metric``,
+        ``difference``, ``ci_low``, ``ci_high``, ``data_sets``. Rows without an interval (too few data sets)
+        are drawn as open markers without a bar.
+    metrics : sequence of str, optional
+        Panels; default every metric of the table.
+    x : str
+    title : str, optional
+    figsize : tuple of 2 float, optional
+    axes : sequence of matplotlib Axes, optional
+
+    Returns
+    -------
+    Figure
+        A dashed line at zero; above it the method is better.
+    """
+    import pandas as pd
+
+    frame = pd.DataFrame(table)
+    needed = {x, "against", "metric", "difference", "ci_low", "ci_high", "data_sets"}
+    missing = sorted(needed - set(frame.columns))
+    if missing:
+        raise NeurosegInputError(f"table has no column(s) {missing}; pass paired.paired_differences's table.")
+    if frame.empty:
+        raise NeurosegInputError("table has no rows to plot.")
+    metrics = list(dict.fromkeys(frame["metric"])) if metrics is None else list(metrics)
+    others = list(dict.fromkeys(frame["against"]))
+    x_values = np.sort(frame[x].unique().astype(float))
+    offsets = np.linspace(-1, 1, len(others)) * 0.06 if len(others) > 1 else np.zeros(1)
+    fig, axes = _figure_axes(axes, len(metrics), figsize=figsize or (4.2 * len(metrics), 3.6))
+    for ax, metric in zip(axes, metrics):
+        for i, other in enumerate(others):
+            rows = frame[(frame["metric"] == metric) & (frame["against"] == other)].sort_values(x)
+            shown = rows[x].to_numpy(dtype=float) * 2.0 ** offsets[i]
+            diff = rows["difference"].to_numpy(dtype=float)
+            low, high = rows["ci_low"].to_numpy(dtype=float), rows["ci_high"].to_numpy(dtype=float)
+            has_ci = np.isfinite(low) & np.isfinite(high)
+            color = _method_color(other, i)
+            label = f"minus {METHOD_LABELS.get(other, other)}"
+            if has_ci.any():
+                ax.errorbar(shown[has_ci], diff[has_ci], yerr=[diff[has_ci] - low[has_ci], high[has_ci] - diff[has_ci]],
+                            marker="o", markersize=5, capsize=3, color=color, linestyle="-", label=label)
+                label = None
+            if (~has_ci).any():
+                ax.plot(shown[~has_ci], diff[~has_ci], marker="o", markersize=6, markerfacecolor="none",
+                        linestyle="none", color=color, label=label)
+            for position, value, sets in zip(shown, diff, rows["data_sets"]):
+                ax.annotate(f"{sets}", (position, value), textcoords="offset points", xytext=(5, 3),
+                            fontsize=7, color=color)
+        ax.axhline(0.0, color="black", linestyle="--", linewidth=1)
+        _log2_axis(ax, x_values)
+        ax.set_xlabel(x)
+        ax.set_ylabel(f"paired difference in {metric}")
+        ax.set_title(metric, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, title="open: no interval; digits: data sets", title_fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_learning_curves(curves, *, n_slices=None, methods=None, reference_methods=("3d_dense",), x="step",
+                         y="val_dice", title=None, figsize=None, ax=None) -> Figure:
+    """Validation curves: the mean over runs per method, with a band from the lowest to the highest run.
+
+    Introduced in chapter 7 (``07_sparsity_sweep``).
+
+    Parameters
+    ----------
+    curves : pandas.DataFrame
+        Learning-curve rows (:meth:`neuroseg_lite.experiment.Pipeline.learning_curve`, or
+        ``load_stored_grid().curves``): ``method``, ``n_slices``, ``key`` (one run), ``x`` and ``y``.
+    n_slices : int, optional
+        Keep the sparse methods' runs at this k (the ``reference_methods`` are kept whatever their k).
+    methods : sequence of str, optional
+        Default: every method of the table, reference methods last.
+    reference_methods : sequence of str
+        Drawn dashed.
+    x : {"step", "seconds"}
+        Runs share validation steps, so ``"step"`` averages exactly; with ``"seconds"`` each run's seconds
+        are averaged per step.
+    y : str
+    title : str, optional
+    figsize : tuple of 2 float, optional
+    ax : matplotlib Axes, optional
+
+    Returns
+    -------
+    Figure
+    """
+    import pandas as pd
+
+    frame = pd.DataFrame(curves)
+    missing = sorted({"method", "n_slices", "key", "step", x, y} - set(frame.columns))
+    if missing:
+        raise NeurosegInputError(f"curves have no column(s) {missing}; pass learning-curve rows.")
+    if n_slices is not None:
+        frame = frame[frame["method"].isin(reference_methods) | (frame["n_slices"] == n_slices)]
+    if frame.empty:
+        raise NeurosegInputError("no learning-curve rows to plot" + (f" at n_slices = {n_slices}." if n_slices
+                                                                     is not None else "."))
+    present = list(dict.fromkeys(frame["method"]))
+    if methods is None:
+        methods = [m for m in present if m not in reference_methods] + [m for m in reference_methods if m in present]
+    fig, (ax,) = _figure_axes(ax, 1, figsize=figsize or (5.5, 3.8), name="ax")
+    for i, method in enumerate(methods):
+        rows = frame[frame["method"] == method]
+        if rows.empty:
+            raise NeurosegInputError(f"no curves of method {method!r}; the table holds {present}.")
+        per_step = rows.groupby("step").agg(x=(x, "mean"), mean=(y, "mean"), low=(y, "min"), high=(y, "max"))
+        color = "black" if method in reference_methods else _method_color(method, i)
+        ax.plot(per_step["x"], per_step["mean"], color=color,
+                linestyle="--" if method in reference_methods else "-",
+                label=f"{METHOD_LABELS.get(method, method)} ({rows['key'].nunique()} runs)")
+        ax.fill_between(per_step["x"], per_step["low"], per_step["high"], color=color, alpha=0.15, linewidth=0)
+    ax.set_xlabel("training step" if x == "step" else "training seconds")
+    ax.set_ylabel(f"{y} (validation volume)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or (f"k = {n_slices}" if n_slices is not None else ""), fontsize=10)
+    return fig
+
+
+def plot_build_points(stored, live, *, metric="dice", methods=None, cluster="data_seed", title=None, figsize=None,
+                      ax=None) -> Figure:
+    """A stored distribution of runs per method, with the runs of this build marked on it.
+
+    Introduced in chapter 7 (``07_sparsity_sweep``): the stored grid's runs are grey dots (jittered), their
+    mean per ``cluster`` (data set) larger grey dots, and ``live`` rows red crosses.
+
+    Parameters
+    ----------
+    stored, live : pandas.DataFrame
+        Results rows with ``method`` and ``metric`` (``stored`` also ``cluster``), already filtered to one k.
+    metric : str
+    methods : sequence of str, optional
+        Default: those of ``stored`` and ``live``, in ``METHOD_LABELS`` order.
+    cluster : str
+    title : str, optional
+    figsize : tuple of 2 float, optional
+    ax : matplotlib Axes, optional
+
+    Returns
+    -------
+    Figure
+    """
+    import pandas as pd
+
+    stored, live = pd.DataFrame(stored), pd.DataFrame(live)
+    for name, frame, columns in (("stored", stored, {"method", metric, cluster}), ("live", live, {"method", metric})):
+        missing = sorted(columns - set(frame.columns)) if len(frame) else []
+        if missing:
+            raise NeurosegInputError(f"{name} has no column(s) {missing}.")
+    present = set(stored.get("method", [])) | set(live.get("method", []))
+    if methods is None:
+        methods = [m for m in METHOD_LABELS if m in present] + sorted(present - set(METHOD_LABELS))
+    if not methods:
+        raise NeurosegInputError("no rows to plot in stored or live.")
+    rng, marked, shown = np.random.default_rng(0), False, False
+    fig, (ax,) = _figure_axes(ax, 1, figsize=figsize or (1.6 * len(methods) + 2.5, 3.8), name="ax")
+    for i, method in enumerate(methods):
+        runs = stored[stored["method"] == method] if len(stored) else stored
+        if len(runs):
+            ax.plot(i + rng.uniform(-0.15, 0.15, len(runs)), runs[metric], linestyle="none", marker=".",
+                    color="gray", alpha=0.5, label=None if shown else "stored runs")
+            sets = runs.groupby(cluster)[metric].mean()
+            ax.plot(np.full(len(sets), i + 0.25), sets, linestyle="none", marker="o", markersize=5,
+                    color="dimgray", label=None if shown else "stored: mean per data set")
+            shown = True
+        mine = live[live["method"] == method] if len(live) else live
+        if len(mine):
+            ax.plot(np.full(len(mine), i), mine[metric], linestyle="none", marker="x", markersize=9,
+                    markeredgewidth=2, color="red", label=None if marked else "this build")
+            marked = True
+    ax.set_xticks(range(len(methods)), [METHOD_LABELS.get(m, m) for m in methods], rotation=15, fontsize=8)
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig

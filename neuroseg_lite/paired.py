@@ -22,10 +22,25 @@ from scipy import stats
 
 from neuroseg_lite._checks import NeurosegInputError
 
-__all__ = ["StoredGrid", "load_stored_grid", "paired_differences", "steps_to_reach", "plan_budget",
-           "MINUTES_PER_OUTLINE"]
+__all__ = ["StoredGrid", "load_stored_grid", "paired_differences", "paired_gains", "steps_to_reach",
+           "summarise_steps", "reach_table", "plan_budget", "describe_difference", "ablation_differences",
+           "paper_claims", "PAPER_CLAIMS", "MINUTES_PER_OUTLINE"]
 
-_LOWER_IS_BETTER = ("hd95_um",)
+#: Columns where a smaller value is better (distances, and the steps or seconds needed to reach a target).
+_LOWER_IS_BETTER = ("hd95_um", "hd_um", "assd_um", "steps_to_target", "seconds_to_target")
+_DIFFERENCE_COLUMNS = ["against", "metric", "data_sets", "pairs", "mean_method", "mean_other", "difference",
+                       "wins", "ci_low", "ci_high", "wilcoxon_p", "sign_p", "verdict"]
+# the columns an empty stored table gets, so that every reader of it works (and finds no rows)
+_EMPTY_COLUMNS = {
+    "results.csv": ["data", "preset", "method", "n_slices", "seed", "lam", "pseudo_mode", "loss_normalization",
+                    "annotated_fraction", "dice", "precision", "recall", "surface_dice", "total_seconds", "key",
+                    "data_seed", "machine"],
+    "curves.csv": ["step", "seconds", "val_dice", "method", "n_slices", "seed", "key", "data_seed"],
+    "pseudo.csv": ["data", "data_seed", "n_slices", "seed", "annotated_fraction", "neurons_crossed", "neurons",
+                   "pseudo_dice", "pseudo_precision", "pseudo_recall"],
+    "ablations.csv": ["data", "preset", "method", "n_slices", "seed", "lam", "pseudo_mode", "loss_normalization",
+                      "dice", "surface_dice", "key", "data_seed", "machine"],
+}
 #: Our assumption for the annotation planner, not a measurement: minutes to outline one neuron in one plane.
 MINUTES_PER_OUTLINE = 1.0
 
@@ -47,12 +62,39 @@ class StoredGrid:
         annotated plane) and ``neurons`` (all, over the training volumes).
     meta : dict
         The command, package and torch versions and machines the grid came from.
+    ablations : pandas.DataFrame
+        The pseudo-label method's variants at the sparsest k (columns of ``results``; empty until the grid's
+        ablation stage has run).
     """
 
     results: pd.DataFrame
     curves: pd.DataFrame
     pseudo: pd.DataFrame
     meta: dict = field(default_factory=dict)
+    ablations: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=_EMPTY_COLUMNS["ablations.csv"]))
+
+    def per_k(self) -> pd.DataFrame:
+        """Per ``n_slices`` of the sparse methods: data sets, runs, annotated fraction and neurons crossed.
+
+        ``neurons_crossed`` and ``neurons`` are per data set, summed over its training volumes (the mean over
+        data sets); ``annotated_fraction`` is the share of the training voxels in annotated planes.
+        """
+        sparse = self.results[self.results["method"] != "3d_dense"]
+        table = sparse.groupby("n_slices").agg(data_sets=("data_seed", "nunique"), runs=("key", "size"))
+        if len(self.pseudo):
+            per_set = self.pseudo.groupby(["n_slices", "data_seed"])[
+                ["annotated_fraction", "neurons_crossed", "neurons"]].first()
+            table = table.join(per_set.groupby(level="n_slices").mean(), how="left")
+        else:
+            table = table.assign(annotated_fraction=np.nan, neurons_crossed=np.nan, neurons=np.nan)
+        return table.reset_index()
+
+    def cpu_hours(self) -> float:
+        """Hours of computing behind the results: the sum of the rows' ``total_seconds``.
+
+        A 2D model and its pseudo-labels are timed in both rows that use them, so this is an upper bound.
+        """
+        return float(self.results["total_seconds"].sum()) / 3600 if len(self.results) else 0.0
 
     def coverage(self) -> pd.DataFrame:
         """Data sets and runs per method and ``n_slices`` (the dense bound under its number of planes)."""
@@ -77,12 +119,12 @@ def load_stored_grid(folder=None) -> StoredGrid:
 
     def table(name):
         path = folder / name
-        return pd.read_csv(path) if path.exists() else pd.DataFrame()
+        return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=_EMPTY_COLUMNS[name])
 
     meta_file = folder / "grid.json"
     meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
     return StoredGrid(results=table("results.csv"), curves=table("curves.csv"), pseudo=table("pseudo.csv"),
-                      meta=meta)
+                      meta=meta, ablations=table("ablations.csv"))
 
 
 def _require(table: pd.DataFrame, columns, what: str) -> None:
@@ -169,6 +211,172 @@ def paired_differences(table: pd.DataFrame, *, method: str = "3d_pseudo", agains
                     row.update(ci_low=np.nan, ci_high=np.nan, wilcoxon_p=np.nan, sign_p=np.nan,
                                verdict="too few data sets")
                 rows.append(row)
+    return pd.DataFrame(rows, columns=[*by, *_DIFFERENCE_COLUMNS])
+
+
+def paired_gains(table: pd.DataFrame, *, method: str = "3d_pseudo", other: str = "3d_sparse",
+                 metric: str = "dice", keys=("n_slices", "data_seed", "seed")) -> pd.DataFrame:
+    """One row per pair of runs: ``keys``, both scores and ``gain`` (``method`` minus ``other``).
+
+    The per-pair table behind :func:`paired_differences` (which averages it per data set), for plots and
+    for joining with other per-pair facts, e.g. the pseudo-labels' quality in ``load_stored_grid().pseudo``.
+    """
+    keys = list(keys)
+    _require(table, ["method", *keys, metric], "the results table")
+    mine = table.loc[table["method"] == method, keys + [metric]]
+    theirs = table.loc[table["method"] == other, keys + [metric]]
+    pairs = mine.merge(theirs, on=keys, suffixes=(f"_{method}", f"_{other}"), validate="one_to_one")
+    sign = -1.0 if metric in _LOWER_IS_BETTER else 1.0
+    return pairs.assign(gain=sign * (pairs[f"{metric}_{method}"] - pairs[f"{metric}_{other}"]))
+
+
+def describe_difference(row, *, labels=None, digits: int = 3) -> str:
+    """One sentence for one row of :func:`paired_differences`: the difference, its interval, the tests.
+
+    Parameters
+    ----------
+    row : mapping or pandas.Series
+        A row of :func:`paired_differences` (with ``n_slices``, ``method`` optional).
+    labels : mapping of str to str, optional
+        Display names of the methods (e.g. ``plot.METHOD_LABELS``).
+    digits : int
+
+    Examples
+    --------
+    >>> describe_difference({"n_slices": 1, "against": "2d", "metric": "dice", "data_sets": 1, "pairs": 2,
+    ...                      "difference": 0.05, "verdict": "too few data sets"})
+    '3d_pseudo minus 2d, dice, k = 1: +0.050 over 1 data set (2 pairs): too few data sets for an interval'
+    """
+    labels = labels or {}
+    name = lambda method: labels.get(method, method)  # noqa: E731
+    method = row.get("method", "3d_pseudo")
+    where = f", k = {row['n_slices']}" if "n_slices" in row else ""
+    head = f"{name(method)} minus {name(row['against'])}, {row['metric']}{where}: "
+    sets = f"{row['data_sets']} data set{'s' if row['data_sets'] != 1 else ''} ({row['pairs']} pairs)"
+    if row["data_sets"] == 0:
+        return head + "no pairs in the table"
+    if row["verdict"] == "too few data sets":
+        return head + f"{row['difference']:+.{digits}f} over {sets}: too few data sets for an interval"
+    return (head + f"{row['difference']:+.{digits}f} [95 % CI {row['ci_low']:+.{digits}f}, "
+            f"{row['ci_high']:+.{digits}f}] over {sets}, better on {row['wins']} of {row['data_sets']} data "
+            f"sets, Wilcoxon p = {row['wilcoxon_p']:.2g}, sign test p = {row['sign_p']:.2g}: {row['verdict']}")
+
+
+def _variant(row: dict, *, lam: float, preset: str) -> str:
+    """What an ablation row changes against the default (empty: it is the default)."""
+    parts = []
+    if row["method"] == "3d_pseudo":
+        if not np.isclose(float(row["lam"]), lam):
+            parts.append(f"lambda = {float(row['lam']):g}")
+        if row["pseudo_mode"] != "hard":
+            parts.append(f"{row['pseudo_mode']} pseudo-labels")
+        if row["loss_normalization"] != "paper":
+            parts.append(f"{row['loss_normalization']} normalisation")
+    if row["preset"] != preset:
+        extra = str(row["preset"]).removeprefix(preset).lstrip("+")
+        parts.append(extra.replace("_", " ").replace("prior correction", "prior-corrected") or str(row["preset"]))
+    return ", ".join(parts)
+
+
+def ablation_differences(ablations: pd.DataFrame, results: pd.DataFrame, *, lam: float = 0.5, preset=None,
+                         metrics=("dice", "surface_dice"), cluster: str = "data_seed", pair_on: str = "seed",
+                         n_boot: int = 10_000, seed: int = 0) -> pd.DataFrame:
+    """Each ablation variant minus the default run of the same method, data set, k and seed.
+
+    Parameters
+    ----------
+    ablations : pandas.DataFrame
+        Results rows of the variants (e.g. ``load_stored_grid().ablations``, or sweeps of one data set with a
+        ``data_seed`` column added); rows that are the default itself are left out.
+    results : pandas.DataFrame
+        Rows holding the defaults (``lam`` = ``lam``, hard pseudo-labels, "paper" normalisation, ``preset``).
+    lam : float
+        The default pseudo-label weight.
+    preset : str, optional
+        The default preset's name; default the most common one in ``results``.
+    metrics, cluster, pair_on, n_boot, seed
+        As for :func:`paired_differences`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        :func:`paired_differences`'s columns for each ``variant`` (a description such as
+        ``"lambda = 1"`` or ``"prior-corrected"``) and ``of`` (the method it varies); ``against`` is
+        ``"default"``. With one data set ``difference`` is that data set's mean gain, without an interval.
+    """
+    columns = ["method", "n_slices", cluster, pair_on, "lam", "pseudo_mode", "loss_normalization", "preset",
+               *metrics]
+    _require(ablations, columns, "the ablations table")
+    _require(results, columns, "the results table")
+    if preset is None:
+        preset = results["preset"].mode().iloc[0] if len(results) else ""
+    named = ablations.assign(variant=[_variant(row, lam=lam, preset=preset)
+                                      for row in ablations.to_dict("records")])
+    named = named[named["variant"] != ""].drop_duplicates(["variant", "method", "n_slices", cluster, pair_on])
+    defaults = results.assign(variant=[_variant(row, lam=lam, preset=preset) for row in results.to_dict("records")])
+    defaults = defaults[defaults["variant"] == ""]
+    parts = []
+    for (variant, method), part in named.groupby(["variant", "method"], sort=False):
+        table = pd.concat([part.assign(method="variant"), defaults[defaults["method"] == method].assign(
+            method="default")], ignore_index=True)
+        table = table[table.set_index(["n_slices", cluster, pair_on]).index.isin(
+            part.set_index(["n_slices", cluster, pair_on]).index)]
+        found = paired_differences(table, method="variant", against=["default"], metrics=metrics,
+                                   cluster=cluster, pair_on=pair_on, n_boot=n_boot, seed=seed)
+        parts.append(found.assign(variant=variant, of=method))
+    if not parts:
+        return pd.DataFrame(columns=["variant", "of", "n_slices", *_DIFFERENCE_COLUMNS])
+    table = pd.concat(parts, ignore_index=True)
+    return table[["variant", "of", *[c for c in table.columns if c not in ("variant", "of")]]]
+
+
+#: The paper's three claims, each as (number, text, the comparison that tests it: method, against, metric).
+PAPER_CLAIMS = (
+    (1, "at heavy sparsity 3D + pseudo-labels beats the 2D model", ("3d_pseudo", "2d", "dice")),
+    (2, "at heavy sparsity 3D + pseudo-labels beats the sparsely trained 3D model",
+     ("3d_pseudo", "3d_sparse", "dice")),
+    (3, "sparse training suffers from longer training times (3D + pseudo-labels reaches 90 % of the dense "
+        "model's final Dice in fewer steps)", ("3d_pseudo", "3d_sparse", "steps_to_target")),
+)
+
+
+def paper_claims(differences: pd.DataFrame, speed: pd.DataFrame, *, n_slices=None) -> pd.DataFrame:
+    """The paper's three claims (:data:`PAPER_CLAIMS`) with the paired result that tests each, at one k.
+
+    Parameters
+    ----------
+    differences : pandas.DataFrame
+        :func:`paired_differences` of the scores (3D + pseudo-labels against the 2D and 3D-sparse models).
+    speed : pandas.DataFrame
+        :func:`paired_differences` of :func:`reach_table` (``steps_to_target``, 3D + pseudo-labels against 3D
+        sparse).
+    n_slices : int, optional
+        The k of heavy sparsity; default the smallest k in ``differences``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per claim: ``claim``, ``text``, ``n_slices``, ``metric``, ``data_sets``, ``difference``,
+        ``ci_low``, ``ci_high``, ``wilcoxon_p``, ``verdict`` (of :func:`paired_differences`) and ``status``:
+        "supported" (better), "contradicted" (worse), "not shown" (no clear difference), "too few data sets" or
+        "not in the grid".
+    """
+    both = pd.concat([differences, speed], ignore_index=True)
+    if n_slices is None and len(differences):
+        n_slices = int(differences["n_slices"].min())
+    status = {"better": "supported", "worse": "contradicted", "no clear difference": "not shown",
+              "too few data sets": "too few data sets"}
+    rows = []
+    for number, text, (_, other, metric) in PAPER_CLAIMS:
+        match = both[(both["n_slices"] == n_slices) & (both["against"] == other) & (both["metric"] == metric)]
+        row = {"claim": number, "text": text, "n_slices": n_slices, "metric": metric}
+        if match.empty:
+            rows.append({**row, "data_sets": 0, "verdict": "", "status": "not in the grid"})
+            continue
+        found = match.iloc[0]
+        rows.append({**row, **{c: found[c] for c in ("data_sets", "pairs", "difference", "ci_low", "ci_high",
+                                                    "wilcoxon_p", "verdict")},
+                     "against": other, "status": status[found["verdict"]]})
     return pd.DataFrame(rows)
 
 
@@ -193,7 +401,7 @@ def steps_to_reach(curves: pd.DataFrame, *, reference: str = "3d_dense", fractio
     pandas.DataFrame
         One row per run and fraction: ``pair_on`` columns, ``method``, ``n_slices``, ``fraction``, ``target``,
         ``reached`` (bool), ``step`` and ``seconds`` of the first validation at or above the target (NaN if
-        never reached within the budget).
+        never reached within the budget), and ``last_step``, ``last_seconds`` (the run's whole budget).
     """
     pair_on = list(pair_on)
     _require(curves, [*pair_on, "method", "n_slices", "step", "seconds", "val_dice"], "the learning curves")
@@ -210,8 +418,51 @@ def steps_to_reach(curves: pd.DataFrame, *, reference: str = "3d_dense", fractio
             rows.append({**dict(zip(pair_on, keys[:-1])), "method": curve["method"].iloc[0],
                          "n_slices": curve["n_slices"].iloc[0], "fraction": fraction, "target": target,
                          "reached": not hit.empty, "step": hit["step"].iloc[0] if len(hit) else np.nan,
-                         "seconds": hit["seconds"].iloc[0] if len(hit) else np.nan})
-    return pd.DataFrame(rows)
+                         "seconds": hit["seconds"].iloc[0] if len(hit) else np.nan,
+                         "last_step": curve["step"].iloc[-1], "last_seconds": curve["seconds"].iloc[-1]})
+    return pd.DataFrame(rows, columns=[*pair_on, "method", "n_slices", "fraction", "target", "reached", "step",
+                                       "seconds", "last_step", "last_seconds"])
+
+
+def summarise_steps(steps: pd.DataFrame) -> pd.DataFrame:
+    """Per method, ``n_slices`` and fraction: the share of runs that reached the target, and how fast.
+
+    Parameters
+    ----------
+    steps : pandas.DataFrame
+        :func:`steps_to_reach`'s table.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``runs``, ``reached`` (share of the runs), and over the runs that reached it the median, 25th and 75th
+        percentile of ``step`` and ``seconds`` (``step_median``, ``step_q25``, ``step_q75``, ...).
+    """
+    def q25(values):
+        return values.quantile(0.25)
+
+    def q75(values):
+        return values.quantile(0.75)
+
+    grouped = steps.groupby(["method", "n_slices", "fraction"])
+    table = grouped.agg(runs=("reached", "size"), reached=("reached", "mean"),
+                        step_median=("step", "median"), step_q25=("step", q25), step_q75=("step", q75),
+                        seconds_median=("seconds", "median"), seconds_q25=("seconds", q25),
+                        seconds_q75=("seconds", q75))
+    return table.reset_index()
+
+
+def reach_table(steps: pd.DataFrame, *, fraction: float = 0.9) -> pd.DataFrame:
+    """:func:`steps_to_reach`'s rows at one fraction as a results-like table, for :func:`paired_differences`.
+
+    ``steps_to_target`` and ``seconds_to_target`` are the step and seconds of the first validation at or above
+    the target, or the run's whole budget if it never got there (a lower bound: such a run is counted as
+    reaching it at the end, which favours it); ``reached`` says which. Both columns are lower-is-better for
+    :func:`paired_differences`, so a positive difference means the method got there sooner.
+    """
+    rows = steps[np.isclose(steps["fraction"].astype(float), fraction)]
+    return rows.assign(steps_to_target=rows["step"].fillna(rows["last_step"]),
+                       seconds_to_target=rows["seconds"].fillna(rows["last_seconds"]))
 
 
 def plan_budget(table: pd.DataFrame, *, target: float, metric: str = "dice",

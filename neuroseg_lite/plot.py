@@ -22,11 +22,20 @@ from scipy import ndimage
 
 from neuroseg_lite import charts
 from neuroseg_lite._checks import NeurosegInputError, check_same_shape, check_spacing, check_volume
-from neuroseg_lite.charts import METHOD_LABELS, plot_confusion, plot_history, plot_metric_vs_k
+from neuroseg_lite.charts import (
+    METHOD_LABELS,
+    plot_build_points,
+    plot_confusion,
+    plot_history,
+    plot_learning_curves,
+    plot_metric_vs_k,
+    plot_paired_differences,
+)
 from neuroseg_lite.io import binarize_labels
 
 __all__ = ["plot_section", "show_orthogonal", "plot_sections", "render_surfaces", "LABEL_COLOR",
-           "PREDICTION_COLOR", "plot_history", "plot_confusion", "plot_metric_vs_k", "METHOD_LABELS"]
+           "PREDICTION_COLOR", "plot_history", "plot_confusion", "plot_metric_vs_k", "plot_paired_differences",
+           "plot_learning_curves", "plot_build_points", "METHOD_LABELS"]
 
 LABEL_COLOR = "limegreen"
 PREDICTION_COLOR = "magenta"

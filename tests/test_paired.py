@@ -106,3 +106,83 @@ def test_the_stored_grid_loads_and_its_pairs_are_complete():
     assert (per_cell == 3).all(), "every stored cell has all three sparse methods (pairs are complete)"
     assert set(grid.curves["key"]) == set(grid.results.loc[grid.results["method"] != "2d", "key"])
     assert grid.curves["val_dice"].between(0, 1).all()
+
+
+def _grid_rows(gains, *, k=1):
+    """Results-like rows of all three sparse methods with the columns ablation_differences needs."""
+    table = _table(gains, k=k)
+    extra = pd.concat([table[table["method"] == "3d_sparse"].assign(method="2d", dice=lambda t: t["dice"] - 0.01)])
+    table = pd.concat([table, extra], ignore_index=True)
+    pseudo = table["method"] == "3d_pseudo"
+    return table.assign(lam=np.where(pseudo, 0.5, 0.0), pseudo_mode=np.where(pseudo, "hard", "none"),
+                        loss_normalization=np.where(pseudo, "paper", "none"), preset="sweep_curves",
+                        surface_dice=table["dice"])
+
+
+def test_an_empty_table_gives_empty_results_with_their_columns(tmp_path):
+    grid = paired.load_stored_grid(tmp_path)  # nothing stored: every table empty, with its columns
+    assert grid.results.empty and grid.ablations.empty and grid.cpu_hours() == 0.0
+    result = paired.paired_differences(grid.results)
+    assert result.empty and {"difference", "ci_low", "verdict"} <= set(result.columns)
+    assert grid.per_k().empty and paired.steps_to_reach(grid.curves).empty
+    claims = paired.paper_claims(result, result)
+    assert list(claims["status"]) == ["not in the grid"] * 3
+
+
+def test_paired_gains_and_the_sentence_describe_each_pair():
+    table = _table([0.05, 0.03])
+    gains = paired.paired_gains(table, other="3d_sparse")
+    assert len(gains) == 4 and gains.groupby("data_seed")["gain"].mean().round(6).tolist() == [0.05, 0.03]
+    row = paired.paired_differences(table, against=["3d_sparse"], metrics=["dice"], n_boot=200).iloc[0]
+    text = paired.describe_difference(row, labels={"3d_pseudo": "pseudo"})
+    assert text.startswith("pseudo minus 3d_sparse, dice, k = 1: +0.040 [95 % CI ") and "2 data sets" in text
+    assert text.endswith(": better")
+
+
+def test_ablation_differences_pair_each_variant_with_its_default():
+    results = _grid_rows([0.03, 0.05, 0.04])
+    pseudo = results[results["method"] == "3d_pseudo"]
+    variants = pd.concat([pseudo.assign(lam=1.0, dice=pseudo["dice"] + 0.02),
+                          pseudo.assign(pseudo_mode="soft", dice=pseudo["dice"] - 0.03),
+                          pseudo,  # the default itself: left out
+                          results[results["method"] == "2d"].assign(preset="sweep_curves+prior_correction")])
+    table = paired.ablation_differences(variants, results, metrics=["dice"], n_boot=200).set_index("variant")
+    assert set(table.index) == {"lambda = 1", "soft pseudo-labels", "prior-corrected"}
+    assert table.loc["lambda = 1", "difference"] == pytest.approx(0.02)
+    assert table.loc["soft pseudo-labels", "verdict"] == "worse" and table.loc["lambda = 1", "data_sets"] == 3
+    assert table.loc["prior-corrected", "of"] == "2d" and table.loc["prior-corrected", "difference"] == 0
+    one = paired.ablation_differences(variants[variants["data_seed"] == 0], results, metrics=["dice"])
+    assert (one["verdict"] == "too few data sets").all() and (one["data_sets"] == 1).all()
+
+
+def test_speed_is_compared_by_steps_to_target_and_claims_are_read_off():
+    curves = []
+    for data_seed in range(4):
+        for seed in (0, 1):
+            curves += [_curve("3d_dense", [0.5, 0.8, 0.9, 1.0], data_seed=data_seed, seed=seed),
+                       _curve("3d_sparse", [0.2, 0.5, 0.8, 0.92], data_seed=data_seed, seed=seed),
+                       _curve("3d_pseudo", [0.5, 0.91, 0.95, 0.96], data_seed=data_seed, seed=seed)]
+    steps = paired.steps_to_reach(pd.concat(curves))
+    summary = paired.summarise_steps(steps).set_index(["method", "fraction"])
+    assert summary.loc[("3d_pseudo", 0.9), "step_median"] == 100 and summary.loc[("3d_sparse", 0.9), "reached"] == 1
+    assert summary.loc[("3d_sparse", 0.95), "reached"] == 0
+    assert np.isnan(summary.loc[("3d_sparse", 0.95), "step_median"])
+    reach = paired.reach_table(steps, fraction=0.95)
+    assert (reach.loc[reach["method"] == "3d_sparse", "steps_to_target"] == 200).all()  # censored at the budget
+    speed = paired.paired_differences(reach, against=["3d_sparse"], metrics=["steps_to_target"], n_boot=200)
+    assert speed["verdict"].item() == "better" and speed["difference"].item() == pytest.approx(50)
+    scores = paired.paired_differences(_grid_rows([0.03, 0.05, -0.01, 0.04]), metrics=["dice"], n_boot=200)
+    claims = paired.paper_claims(scores, speed).set_index("claim")
+    assert claims.loc[3, "status"] == "supported" and claims.loc[1, "against"] == "2d"
+    assert claims.loc[2, "status"] in {"supported", "not shown"} and claims.loc[2, "data_sets"] == 4
+
+
+def test_per_k_reports_the_annotated_fraction_and_the_neurons_crossed(tmp_path):
+    results = _grid_rows([0.03, 0.05]).assign(key=lambda t: [f"r{i}" for i in range(len(t))], total_seconds=60.0)
+    results.to_csv(tmp_path / "results.csv", index=False)
+    pd.DataFrame([{"data_seed": d, "n_slices": 1, "seed": s, "annotated_fraction": 0.01, "neurons_crossed": 30 + d,
+                   "neurons": 300} for d in (0, 1) for s in (0, 1)]).to_csv(tmp_path / "pseudo.csv", index=False)
+    grid = paired.load_stored_grid(tmp_path)
+    row = grid.per_k().iloc[0]
+    assert row["data_sets"] == 2 and row["runs"] == 12 and row["neurons_crossed"] == 30.5
+    assert grid.cpu_hours() == pytest.approx(12 * 60 / 3600)

@@ -361,3 +361,86 @@ def test_plot_reexports_the_charts_and_one_set_of_method_labels():
     assert set(plot.METHOD_LABELS) == {"2d", "3d_sparse", "3d_pseudo", "3d_dense"}
     assert plot.plot_history is charts.plot_history and plot.plot_confusion is charts.plot_confusion
     assert not hasattr(plot, "slice_browser")  # widgets imports plot, never the other way round
+
+
+def grid_table():
+    """A grid over 2 data sets x 2 seeds: the per-data-set means are 0.6 and 0.8 for 2d at every k."""
+    import pandas as pd
+
+    rows = []
+    for data_seed in (0, 1):
+        for seed in (0, 1):
+            for k in (1, 2):
+                rows.append({"method": "2d", "n_slices": k, "seed": seed, "data_seed": data_seed,
+                             "dice": 0.6 + 0.2 * data_seed + 0.02 * (seed - 0.5)})
+            rows.append({"method": "3d_dense", "n_slices": 32, "seed": seed, "data_seed": data_seed, "dice": 0.9})
+    return pd.DataFrame(rows)
+
+
+def test_plot_metric_vs_k_averages_seeds_within_each_data_set(closing):
+    table = grid_table()
+    with pytest.raises(NeurosegInputError, match="cluster="):
+        plot.plot_metric_vs_k(table, metrics="dice")  # the same seed on two data sets: not one setting
+    fig = plot.plot_metric_vs_k(table, metrics="dice", cluster="data_seed", spread="std")
+    closing(fig)
+    container = fig.axes[0].containers[0]
+    np.testing.assert_allclose(container.lines[0].get_ydata(), [0.7, 0.7])
+    caps = np.sort(np.concatenate([cap.get_ydata() for cap in container.lines[1]]))
+    np.testing.assert_allclose(caps, 0.7 + np.array([-1, -1, 1, 1]) * np.std([0.6, 0.8], ddof=1))
+    dots = [ln for ln in fig.axes[0].lines if ln.get_marker() == "." and len(ln.get_ydata()) == 2]
+    assert dots and sorted(np.round(dots[0].get_ydata(), 6)) == [0.6, 0.8]  # one dot per data set
+    with pytest.raises(NeurosegInputError, match="cluster"):
+        plot.plot_metric_vs_k(table, metrics="dice", cluster="lab")
+
+
+def test_plot_paired_differences_bars_are_the_intervals(closing):
+    import pandas as pd
+
+    table = pd.DataFrame([
+        {"n_slices": 1, "against": "2d", "metric": "dice", "difference": 0.05, "ci_low": 0.01, "ci_high": 0.08,
+         "data_sets": 6},
+        {"n_slices": 2, "against": "2d", "metric": "dice", "difference": 0.02, "ci_low": np.nan, "ci_high": np.nan,
+         "data_sets": 1},
+        {"n_slices": 1, "against": "3d_sparse", "metric": "dice", "difference": -0.01, "ci_low": -0.03,
+         "ci_high": 0.02, "data_sets": 6}])
+    fig = plot.plot_paired_differences(table)
+    closing(fig)
+    ax = fig.axes[0]
+    assert len(ax.containers) == 2  # one errorbar per comparison with an interval
+    caps = np.sort(np.concatenate([cap.get_ydata() for cap in ax.containers[0].lines[1]]).astype(float))
+    np.testing.assert_allclose(caps, [0.01, 0.08])
+    open_markers = [ln for ln in ax.lines if ln.get_markerfacecolor() == "none"]
+    assert len(open_markers) == 1 and open_markers[0].get_ydata()[0] == pytest.approx(0.02)
+    assert any(ln.get_linestyle() == "--" and ln.get_ydata()[0] == 0 for ln in ax.lines)
+    with pytest.raises(NeurosegInputError, match="paired_differences"):
+        plot.plot_paired_differences(table.drop(columns="ci_low"))
+
+
+def test_plot_learning_curves_and_build_points(closing):
+    import pandas as pd
+
+    steps = np.array([50, 100, 150])
+    curves = pd.concat([pd.DataFrame({"step": steps, "seconds": steps / 10, "val_dice": values, "method": method,
+                                      "n_slices": k, "key": key})
+                        for method, k, key, values in (("3d_sparse", 1, "a", [0.2, 0.4, 0.6]),
+                                                       ("3d_sparse", 1, "b", [0.4, 0.6, 0.8]),
+                                                       ("3d_sparse", 2, "c", [0.9, 0.9, 0.9]),
+                                                       ("3d_dense", 32, "d", [0.7, 0.8, 0.9]))])
+    fig = plot.plot_learning_curves(curves, n_slices=1)
+    closing(fig)
+    ax = fig.axes[0]
+    mean = [ln for ln in ax.lines if ln.get_linestyle() == "-"]
+    assert len(mean) == 1 and np.allclose(mean[0].get_ydata(), [0.3, 0.5, 0.7])  # run c (k = 2) left out
+    assert [ln.get_linestyle() for ln in ax.lines].count("--") == 1 and "2 runs" in ax.get_legend().texts[0].get_text()
+    with pytest.raises(NeurosegInputError, match="n_slices = 4"):
+        plot.plot_learning_curves(curves[curves["method"] != "3d_dense"], n_slices=4)
+    stored = grid_table()
+    live = stored[(stored["data_seed"] == 0) & (stored["seed"] == 0)].drop(columns="data_seed")
+    fig = plot.plot_build_points(stored[stored["n_slices"] != 2], live[live["n_slices"] != 2])
+    closing(fig)
+    ax = fig.axes[0]
+    crosses = [ln for ln in ax.lines if ln.get_marker() == "x"]
+    assert len(crosses) == 2 and [t.get_text() for t in ax.get_xticklabels()] == [
+        plot.METHOD_LABELS["2d"], plot.METHOD_LABELS["3d_dense"]]
+    assert "this build" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert plot.plot_paired_differences is charts.plot_paired_differences
