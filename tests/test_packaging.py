@@ -138,3 +138,17 @@ def test_imports_flow_one_way():
     for module in sorted(graph):
         if module not in done:
             visit(module)
+
+
+def test_the_wheel_carries_the_stored_grid(tmp_path):
+    """Colab installs from git without the repository around it: chapter 7's stored grid must be in the wheel."""
+    import subprocess
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(ROOT),
+                    "-w", str(tmp_path)], check=True, cwd=tmp_path)
+    (wheel,) = tmp_path.glob("neuroseg_lite-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    folder = ROOT / "neuroseg_lite" / "data" / "paired_grid"
+    stored = {f"neuroseg_lite/data/paired_grid/{p.name}" for p in folder.iterdir() if p.suffix in (".csv", ".json")}
+    assert stored and stored <= names
