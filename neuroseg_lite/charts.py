@@ -281,7 +281,7 @@ def plot_metric_vs_k(table, *, metrics=("dice", "precision", "recall"), x="n_sli
                 "another setting (e.g. lam or pseudo_mode, or the data set: pass cluster=). Filter the table to one "
                 "setting per method first.")
     if cluster is not None:  # one row per data set: its mean over the seeds
-        frame = frame.groupby(["method", x, cluster], as_index=False)[metrics].mean()
+        frame = frame.groupby(["method", x, cluster], as_index=False, dropna=False)[metrics].mean()
 
     x_values = np.sort(frame.loc[frame["method"].isin(methods), x].unique().astype(float))
     # small horizontal offsets keep the error bars of different methods apart

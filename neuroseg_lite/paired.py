@@ -33,7 +33,8 @@ _DIFFERENCE_COLUMNS = ["against", "metric", "data_sets", "pairs", "mean_method",
 # the columns an empty stored table gets, so that every reader of it works (and finds no rows)
 _EMPTY_COLUMNS = {
     "results.csv": ["data", "preset", "method", "n_slices", "seed", "lam", "pseudo_mode", "loss_normalization",
-                    "annotated_fraction", "dice", "precision", "recall", "surface_dice", "total_seconds", "key",
+                    "annotated_fraction", "dice", "precision", "recall", "surface_dice", "train_2d_seconds",
+                    "pseudo_seconds", "train_3d_seconds", "total_seconds", "key",
                     "data_seed", "machine"],
     "curves.csv": ["step", "seconds", "val_dice", "method", "n_slices", "seed", "key", "data_seed"],
     "pseudo.csv": ["data", "data_seed", "n_slices", "seed", "annotated_fraction", "neurons_crossed", "neurons",
@@ -420,8 +421,9 @@ def steps_to_reach(curves: pd.DataFrame, *, reference: str = "3d_dense", fractio
                          "reached": not hit.empty, "step": hit["step"].iloc[0] if len(hit) else np.nan,
                          "seconds": hit["seconds"].iloc[0] if len(hit) else np.nan,
                          "last_step": curve["step"].iloc[-1], "last_seconds": curve["seconds"].iloc[-1]})
-    return pd.DataFrame(rows, columns=[*pair_on, "method", "n_slices", "fraction", "target", "reached", "step",
-                                       "seconds", "last_step", "last_seconds"])
+    table = pd.DataFrame(rows, columns=[*pair_on, "method", "n_slices", "fraction", "target", "reached", "step",
+                                        "seconds", "last_step", "last_seconds"])
+    return table.astype({"n_slices": "Int64"})  # the dense runs have none (NaN)
 
 
 def summarise_steps(steps: pd.DataFrame) -> pd.DataFrame:
@@ -444,7 +446,7 @@ def summarise_steps(steps: pd.DataFrame) -> pd.DataFrame:
     def q75(values):
         return values.quantile(0.75)
 
-    grouped = steps.groupby(["method", "n_slices", "fraction"])
+    grouped = steps.groupby(["method", "n_slices", "fraction"], dropna=False)  # dense: no n_slices
     table = grouped.agg(runs=("reached", "size"), reached=("reached", "mean"),
                         step_median=("step", "median"), step_q25=("step", q25), step_q75=("step", q75),
                         seconds_median=("seconds", "median"), seconds_q25=("seconds", q25),
