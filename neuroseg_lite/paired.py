@@ -24,7 +24,7 @@ from neuroseg_lite._checks import NeurosegInputError
 
 __all__ = ["StoredGrid", "load_stored_grid", "paired_differences", "paired_gains", "steps_to_reach",
            "summarise_steps", "reach_table", "plan_budget", "describe_difference", "ablation_differences",
-           "paper_claims", "PAPER_CLAIMS", "MINUTES_PER_OUTLINE"]
+           "paper_claims", "PAPER_CLAIMS", "MIN_DATA_SETS", "MINUTES_PER_OUTLINE"]
 
 #: Columns where a smaller value is better (distances, and the steps or seconds needed to reach a target).
 _LOWER_IS_BETTER = ("hd95_um", "hd_um", "assd_um", "steps_to_target", "seconds_to_target")
@@ -42,6 +42,10 @@ _EMPTY_COLUMNS = {
     "ablations.csv": ["data", "preset", "method", "n_slices", "seed", "lam", "pseudo_mode", "loss_normalization",
                       "dice", "surface_dice", "key", "data_seed", "machine"],
 }
+#: The fewest data sets behind a verdict: below it a percentile bootstrap over data sets is too coarse to trust
+#: (with 2 data sets its "interval" is little more than their range), so the verdict is "too few data sets"
+#: (the interval and tests are still reported from 2 data sets on).
+MIN_DATA_SETS = 5
 #: Our assumption for the annotation planner, not a measurement: minutes to outline one neuron in one plane.
 MINUTES_PER_OUTLINE = 1.0
 
@@ -145,7 +149,7 @@ def _bootstrap_mean(values: np.ndarray, *, n_boot: int, confidence: float, seed:
 def paired_differences(table: pd.DataFrame, *, method: str = "3d_pseudo", against=("2d", "3d_sparse"),
                        metrics=("dice", "surface_dice"), by=("n_slices",), cluster: str = "data_seed",
                        pair_on: str = "seed", n_boot: int = 10_000, confidence: float = 0.95,
-                       seed: int = 0) -> pd.DataFrame:
+                       seed: int = 0, min_data_sets: int = MIN_DATA_SETS) -> pd.DataFrame:
     """``method`` minus each of ``against``, paired run by run, summarised over data sets.
 
     Parameters
@@ -171,6 +175,8 @@ def paired_differences(table: pd.DataFrame, *, method: str = "3d_pseudo", agains
         Of the interval.
     seed : int
         Of the bootstrap.
+    min_data_sets : int
+        The fewest data sets for a verdict (:data:`MIN_DATA_SETS`).
 
     Returns
     -------
@@ -179,7 +185,7 @@ def paired_differences(table: pd.DataFrame, *, method: str = "3d_pseudo", agains
         ``difference`` (mean over data sets of each data set's mean paired difference), ``ci_low``, ``ci_high``,
         ``wins`` (data sets where ``method`` is better), ``wilcoxon_p``, ``sign_p`` (two-sided; NaN below 2 data
         sets) and ``verdict``: "better" or "worse" when the interval excludes 0, "no clear difference"
-        otherwise, "too few data sets" below 2.
+        otherwise, "too few data sets" below ``min_data_sets`` (the interval and tests are given from 2 on).
     """
     by = list(by)
     _require(table, ["method", cluster, pair_on, *by, *metrics], "the results table")
@@ -207,7 +213,8 @@ def paired_differences(table: pd.DataFrame, *, method: str = "3d_pseudo", agains
                                wilcoxon_p=float(stats.wilcoxon(per_set).pvalue) if nonzero.size else 1.0,
                                sign_p=float(stats.binomtest(int((nonzero > 0).sum()), nonzero.size).pvalue)
                                if nonzero.size else 1.0,
-                               verdict="better" if low > 0 else "worse" if high < 0 else "no clear difference")
+                               verdict="too few data sets" if n < min_data_sets else
+                               "better" if low > 0 else "worse" if high < 0 else "no clear difference")
                 else:
                     row.update(ci_low=np.nan, ci_high=np.nan, wilcoxon_p=np.nan, sign_p=np.nan,
                                verdict="too few data sets")
@@ -221,6 +228,21 @@ def paired_gains(table: pd.DataFrame, *, method: str = "3d_pseudo", other: str =
 
     The per-pair table behind :func:`paired_differences` (which averages it per data set), for plots and
     for joining with other per-pair facts, e.g. the pseudo-labels' quality in ``load_stored_grid().pseudo``.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Results rows with ``method``, ``keys`` and ``metric`` columns.
+    method, other : str
+    metric : str
+        For a lower-is-better column (``hd95_um``, ``steps_to_target``) the gain is taken the other way round.
+    keys : sequence of str
+        What a pair shares.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``keys``, ``<metric>_<method>``, ``<metric>_<other>`` and ``gain``.
     """
     keys = list(keys)
     _require(table, ["method", *keys, metric], "the results table")
@@ -242,6 +264,10 @@ def describe_difference(row, *, labels=None, digits: int = 3) -> str:
         Display names of the methods (e.g. ``plot.METHOD_LABELS``).
     digits : int
 
+    Returns
+    -------
+    str
+
     Examples
     --------
     >>> describe_difference({"n_slices": 1, "against": "2d", "metric": "dice", "data_sets": 1, "pairs": 2,
@@ -256,7 +282,7 @@ def describe_difference(row, *, labels=None, digits: int = 3) -> str:
     sets = f"{row['data_sets']} data set{'s' if row['data_sets'] != 1 else ''} ({row['pairs']} pairs)"
     if row["data_sets"] == 0:
         return head + "no pairs in the table"
-    if row["verdict"] == "too few data sets":
+    if row["verdict"] == "too few data sets" and not np.isfinite(row.get("ci_low", np.nan)):
         return head + f"{row['difference']:+.{digits}f} over {sets}: too few data sets for an interval"
     return (head + f"{row['difference']:+.{digits}f} [95 % CI {row['ci_low']:+.{digits}f}, "
             f"{row['ci_high']:+.{digits}f}] over {sets}, better on {row['wins']} of {row['data_sets']} data "
@@ -281,7 +307,7 @@ def _variant(row: dict, *, lam: float, preset: str) -> str:
 
 def ablation_differences(ablations: pd.DataFrame, results: pd.DataFrame, *, lam: float = 0.5, preset=None,
                          metrics=("dice", "surface_dice"), cluster: str = "data_seed", pair_on: str = "seed",
-                         n_boot: int = 10_000, seed: int = 0) -> pd.DataFrame:
+                         n_boot: int = 10_000, seed: int = 0, min_data_sets: int = MIN_DATA_SETS) -> pd.DataFrame:
     """Each ablation variant minus the default run of the same method, data set, k and seed.
 
     Parameters
@@ -295,7 +321,7 @@ def ablation_differences(ablations: pd.DataFrame, results: pd.DataFrame, *, lam:
         The default pseudo-label weight.
     preset : str, optional
         The default preset's name; default the most common one in ``results``.
-    metrics, cluster, pair_on, n_boot, seed
+    metrics, cluster, pair_on, n_boot, seed, min_data_sets
         As for :func:`paired_differences`.
 
     Returns
@@ -323,7 +349,8 @@ def ablation_differences(ablations: pd.DataFrame, results: pd.DataFrame, *, lam:
         table = table[table.set_index(["n_slices", cluster, pair_on]).index.isin(
             part.set_index(["n_slices", cluster, pair_on]).index)]
         found = paired_differences(table, method="variant", against=["default"], metrics=metrics,
-                                   cluster=cluster, pair_on=pair_on, n_boot=n_boot, seed=seed)
+                                   cluster=cluster, pair_on=pair_on, n_boot=n_boot, seed=seed,
+                                   min_data_sets=min_data_sets)
         parts.append(found.assign(variant=variant, of=method))
     if not parts:
         return pd.DataFrame(columns=["variant", "of", "n_slices", *_DIFFERENCE_COLUMNS])
@@ -470,7 +497,7 @@ def reach_table(steps: pd.DataFrame, *, fraction: float = 0.9) -> pd.DataFrame:
 def plan_budget(table: pd.DataFrame, *, target: float, metric: str = "dice",
                 methods=("2d", "3d_sparse", "3d_pseudo"), cluster: str = "data_seed", outlines=None,
                 minutes_per_outline: float = MINUTES_PER_OUTLINE, n_boot: int = 10_000,
-                seed: int = 0) -> pd.DataFrame:
+                seed: int = 0, min_data_sets: int = MIN_DATA_SETS) -> pd.DataFrame:
     """How many annotated planes each method needs to reach ``target`` in ``metric``, read off a results table.
 
     Parameters
@@ -491,6 +518,8 @@ def plan_budget(table: pd.DataFrame, *, target: float, metric: str = "dice",
         ``neurons_crossed`` per volume); with it, the effort in minutes.
     minutes_per_outline : float
         Our assumption (:data:`MINUTES_PER_OUTLINE`), not a measurement; pass your own.
+    min_data_sets : int
+        The fewest data sets for ``planes_needed_confident`` (:data:`MIN_DATA_SETS`).
 
     Returns
     -------
@@ -511,7 +540,8 @@ def plan_budget(table: pd.DataFrame, *, target: float, metric: str = "dice",
         levels = []
         for k, part in sorted(runs.groupby("n_slices")):
             per_set = (part.groupby(cluster)[metric].mean() if cluster in part else part[metric]).to_numpy()
-            low = (_bootstrap_mean(per_set, n_boot=n_boot, confidence=0.95, seed=seed)[0] if per_set.size >= 2
+            low = (_bootstrap_mean(per_set, n_boot=n_boot, confidence=0.95, seed=seed)[0]
+                   if per_set.size >= max(2, min_data_sets)
                    else np.nan)
             levels.append((int(k), float(per_set.mean()), low))
         reached = [k for k, mean, _ in levels if mean >= target]

@@ -3,8 +3,9 @@
 The page names each chapter's parameters with the chapter's number in front (``CH7_K_VALUES`` is chapter 7's
 ``K_VALUES``), because the chapters use some names with different defaults. These tests read the notebooks'
 source only (nothing is executed): a default, a SMOKE fallback (``X = X or (...)``) or the arguments of chapter
-7's verdict rule (``results.paired_verdicts``) that differ between a chapter and the page fail here, so the page
-can never silently report other runs than the chapters'.
+7's verdict calls (``paired.load_stored_grid``, ``paired.paired_differences``, ``paired.steps_to_reach``,
+``paired.reach_table``, ``paired.paper_claims``) that differ between a chapter and the page fail here, so the page
+can never silently report other runs or another rule than the chapters'.
 """
 from __future__ import annotations
 
@@ -104,20 +105,40 @@ def test_smoke_fallbacks_are_equal(number):
     assert differ == [], f"fallbacks differ from chapter {number}'s"
 
 
+# The calls that make chapter 7's verdicts: the stored grid, the paired rule and what it is applied to.
+VERDICT_CALLS = ("load_stored_grid", "paired_differences", "steps_to_reach", "reach_table", "paper_claims")
+
+
 def _verdict_calls(path: Path) -> list[str]:
-    """Every ``results.paired_verdicts(...)`` call of the notebook, its arguments as an AST dump."""
+    """Every ``paired.<verdict call>(...)`` of the notebook's cells, in order, its arguments as an AST dump."""
     return [ast.dump(ast.Call(func=node.func, args=node.args, keywords=node.keywords))
             for cell in _code_cells(path) for node in ast.walk(_parse(_source(cell)))
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-            and node.func.attr == "paired_verdicts"]
+            and isinstance(node.func.value, ast.Name) and node.func.value.id == "paired"
+            and node.func.attr in VERDICT_CALLS]
+
+
+def _renamed(dump: str, number: int = 7) -> str:
+    """A page call's dump with the page's ``CH7_X`` names read as the chapter's ``X``."""
+    return dump.replace(f"id='CH{number}_", "id='")
 
 
 def test_verdict_rule_is_chapter_7s():
-    chapter, page = _verdict_calls(_chapter_path(7)), _verdict_calls(PAGE)
-    assert len(chapter) == 1, "chapter 7 should call results.paired_verdicts once"
-    assert page == chapter, "the findings page must call results.paired_verdicts with chapter 7's arguments"
+    chapter = _verdict_calls(_chapter_path(7))
+    page = [_renamed(call) for call in _verdict_calls(PAGE)]
+    names = [call.split("attr='", 1)[1].split("'", 1)[0] for call in chapter]
+    assert names.count("paired_differences") == 2 and "paper_claims" in names, (
+        "chapter 7 compares scores and steps to target with paired.paired_differences, and reads the claims")
+    assert page == chapter, "the findings page must make chapter 7's verdict calls, with its arguments, in order"
+
+
+def test_verdict_call_reader_sees_a_changed_argument():
+    # a guard on the reader itself: another metric list in the page would be a different dump
+    chapter = _verdict_calls(_chapter_path(7))
+    changed = [call.replace("Constant(value='surface_dice')", "Constant(value='precision')") for call in chapter]
+    assert changed != chapter
 
 
 def test_resolutions_reader_sees_the_chapters_fallbacks():
-    # a guard on the reader itself: chapter 7 resolves its data preset, budgets, k values and seeds
-    assert {"DATA_PRESET", "PRESET", "K_VALUES", "SEEDS"} <= set(resolutions(_chapter_path(7)))
+    # a guard on the reader itself: chapter 7 resolves its live data preset and budgets
+    assert {"DATA_PRESET", "PRESET"} <= set(resolutions(_chapter_path(7)))

@@ -85,7 +85,8 @@ def test_plan_budget_reads_the_fewest_planes_that_reach_the_target():
             for d in range(4) for k, scores in ((1, (0.70, 0.80)), (2, (0.78, 0.86)), (4, (0.84, 0.88)))
             for method, score in zip(("2d", "3d_pseudo"), scores)]
     plan = paired.plan_budget(pd.DataFrame(rows), target=0.8, methods=("2d", "3d_pseudo"),
-                              outlines={1: 10, 2: 20, 4: 40}, minutes_per_outline=1.5).set_index("method")
+                              outlines={1: 10, 2: 20, 4: 40}, minutes_per_outline=1.5,
+                              min_data_sets=4).set_index("method")
     assert plan.loc["2d", "planes_needed"] == 4 and plan.loc["3d_pseudo", "planes_needed"] == 1
     assert plan.loc["2d", "minutes"] == 60.0 and plan.loc["3d_pseudo", "outlines"] == 10
     assert plan.loc["3d_pseudo", "planes_needed_confident"] == 2  # at k = 1 the interval reaches below 0.8
@@ -136,7 +137,19 @@ def test_paired_gains_and_the_sentence_describe_each_pair():
     row = paired.paired_differences(table, against=["3d_sparse"], metrics=["dice"], n_boot=200).iloc[0]
     text = paired.describe_difference(row, labels={"3d_pseudo": "pseudo"})
     assert text.startswith("pseudo minus 3d_sparse, dice, k = 1: +0.040 [95 % CI ") and "2 data sets" in text
-    assert text.endswith(": better")
+    assert text.endswith(": too few data sets")  # an interval over 2 data sets is given, no verdict
+    row = paired.paired_differences(table, against=["3d_sparse"], metrics=["dice"], n_boot=200,
+                                    min_data_sets=2).iloc[0]
+    assert paired.describe_difference(row).endswith(": better")
+
+
+def test_a_verdict_needs_min_data_sets_even_when_the_interval_excludes_zero():
+    gains = [0.03, 0.05, 0.04, 0.06]
+    few = paired.paired_differences(_table(gains), against=["3d_sparse"], metrics=["dice"])
+    assert paired.MIN_DATA_SETS == 5 and few["verdict"].item() == "too few data sets"
+    assert few["ci_low"].item() > 0 and np.isfinite(few["wilcoxon_p"].item())
+    enough = paired.paired_differences(_table(gains + [0.05]), against=["3d_sparse"], metrics=["dice"])
+    assert enough["verdict"].item() == "better"
 
 
 def test_ablation_differences_pair_each_variant_with_its_default():
@@ -146,7 +159,8 @@ def test_ablation_differences_pair_each_variant_with_its_default():
                           pseudo.assign(pseudo_mode="soft", dice=pseudo["dice"] - 0.03),
                           pseudo,  # the default itself: left out
                           results[results["method"] == "2d"].assign(preset="sweep_curves+prior_correction")])
-    table = paired.ablation_differences(variants, results, metrics=["dice"], n_boot=200).set_index("variant")
+    table = paired.ablation_differences(variants, results, metrics=["dice"], n_boot=200,
+                                        min_data_sets=3).set_index("variant")
     assert set(table.index) == {"lambda = 1", "soft pseudo-labels", "prior-corrected"}
     assert table.loc["lambda = 1", "difference"] == pytest.approx(0.02)
     assert table.loc["soft pseudo-labels", "verdict"] == "worse" and table.loc["lambda = 1", "data_sets"] == 3
@@ -169,9 +183,11 @@ def test_speed_is_compared_by_steps_to_target_and_claims_are_read_off():
     assert np.isnan(summary.loc[("3d_sparse", 0.95), "step_median"])
     reach = paired.reach_table(steps, fraction=0.95)
     assert (reach.loc[reach["method"] == "3d_sparse", "steps_to_target"] == 200).all()  # censored at the budget
-    speed = paired.paired_differences(reach, against=["3d_sparse"], metrics=["steps_to_target"], n_boot=200)
+    speed = paired.paired_differences(reach, against=["3d_sparse"], metrics=["steps_to_target"], n_boot=200,
+                                      min_data_sets=4)
     assert speed["verdict"].item() == "better" and speed["difference"].item() == pytest.approx(50)
-    scores = paired.paired_differences(_grid_rows([0.03, 0.05, -0.01, 0.04]), metrics=["dice"], n_boot=200)
+    scores = paired.paired_differences(_grid_rows([0.03, 0.05, -0.01, 0.04]), metrics=["dice"], n_boot=200,
+                                       min_data_sets=4)
     claims = paired.paper_claims(scores, speed).set_index("claim")
     assert claims.loc[3, "status"] == "supported" and claims.loc[1, "against"] == "2d"
     assert claims.loc[2, "status"] in {"supported", "not shown"} and claims.loc[2, "data_sets"] == 4
