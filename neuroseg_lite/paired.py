@@ -270,9 +270,13 @@ def describe_difference(row, *, labels=None, digits: int = 3) -> str:
 
     Examples
     --------
-    >>> describe_difference({"n_slices": 1, "against": "2d", "metric": "dice", "data_sets": 1, "pairs": 2,
-    ...                      "difference": 0.05, "verdict": "too few data sets"})
-    '3d_pseudo minus 2d, dice, k = 1: +0.050 over 1 data set (2 pairs): too few data sets for an interval'
+    >>> row = {"n_slices": 1, "against": "2d", "metric": "dice", "data_sets": 1,
+    ...        "pairs": 2, "difference": 0.05, "verdict": "too few data sets"}
+    >>> sentence = describe_difference(row)
+    >>> sentence.split(": ")[1]
+    '+0.050 over 1 data set (2 pairs)'
+    >>> sentence.split(": ")[2]
+    'too few data sets for an interval'
     """
     labels = labels or {}
     name = lambda method: labels.get(method, method)  # noqa: E731
