@@ -81,14 +81,28 @@ def merged(path: Path, new: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return table.drop_duplicates(subset=keys, keep="last").reset_index(drop=True)
 
 
-def run_data_set(data_seed: int, *, seeds, k_values, workdir: Path, meta: dict) -> None:
-    data = experiment.synthetic_data(preset=DATA_PRESET, seed=data_seed, n_val=1, workdir=workdir)
-    results_file = workdir / "results" / f"paired_grid_{data.name}.csv"
-    stored = read(OUT / "results.csv")
+def working_results(data, *, workdir: Path, stored_name: str, prefix: str) -> tuple[Path, pd.DataFrame]:
+    """The sweep's results file in the working folder, seeded from the committed table on a new machine."""
+    results_file = workdir / "results" / f"{prefix}_{data.name}.csv"
+    stored = read(OUT / stored_name)
     if not results_file.exists() and len(stored):
         # a new machine: the committed rows are done (their keys say so), only their models are not here
         results_file.parent.mkdir(parents=True, exist_ok=True)
         write_csv(results_file, stored[stored["data"] == data.name])
+    return results_file, stored
+
+
+def record_done(meta: dict, done: str, *, started: float, runs: int) -> None:
+    meta["done"][done] = {"seconds_this_session": round(time.perf_counter() - started, 1),
+                          "finished": datetime.datetime.now().isoformat(timespec="seconds")}
+    meta["updated"] = meta["done"][done]["finished"]
+    atomic_write(OUT / "grid.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
+    print(f"{done}: {runs} runs, {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def run_data_set(data_seed: int, *, seeds, k_values, workdir: Path, meta: dict) -> None:
+    data = experiment.synthetic_data(preset=DATA_PRESET, seed=data_seed, n_val=1, workdir=workdir)
+    results_file, stored = working_results(data, workdir=workdir, stored_name="results.csv", prefix="paired_grid")
     started = time.perf_counter()
     rows = experiment.sweep(data, n_slices=k_values, seeds=seeds, lams=[LAM], methods=METHODS, preset=PRESET,
                             workdir=workdir,
@@ -123,22 +137,14 @@ def run_data_set(data_seed: int, *, seeds, k_values, workdir: Path, meta: dict) 
                             **{f"pseudo_{name}": scores[name] for name in ("dice", "precision", "recall")}})
     if quality:
         write_csv(OUT / "pseudo.csv", merged(OUT / "pseudo.csv", pd.DataFrame(quality), ["data", "n_slices", "seed"]))
-    done = f"data seed {data_seed}, k {k_values}"
-    meta["done"][done] = {"seconds_this_session": round(time.perf_counter() - started, 1),
-                          "finished": datetime.datetime.now().isoformat(timespec="seconds")}
-    meta["updated"] = meta["done"][done]["finished"]
-    atomic_write(OUT / "grid.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
-    print(f"{done}: {len(rows)} runs, {time.perf_counter() - started:.0f} s", flush=True)
+    record_done(meta, f"data seed {data_seed}, k {k_values}", started=started, runs=len(rows))
 
 
 def run_ablations(data_seed: int, *, seeds, k: int, workdir: Path, meta: dict) -> None:
     """The pseudo-label method's knobs at one k, paired with its default (lambda 0.5, hard, "paper")."""
     data = experiment.synthetic_data(preset=DATA_PRESET, seed=data_seed, n_val=1, workdir=workdir)
-    results_file = workdir / "results" / f"paired_grid_ablations_{data.name}.csv"
-    stored = read(OUT / "ablations.csv")
-    if not results_file.exists() and len(stored):
-        results_file.parent.mkdir(parents=True, exist_ok=True)
-        write_csv(results_file, stored[stored["data"] == data.name])
+    results_file, stored = working_results(data, workdir=workdir, stored_name="ablations.csv",
+                                           prefix="paired_grid_ablations")
     started = time.perf_counter()
     common = {"n_slices": [k], "seeds": seeds, "workdir": workdir, "results_file": results_file, "device": "cpu"}
     parts = [
@@ -153,12 +159,7 @@ def run_ablations(data_seed: int, *, seeds, k: int, workdir: Path, meta: dict) -
     machines = dict(zip(stored.get("key", []), stored.get("machine", [])))
     rows["machine"] = [machines.get(key, meta["this_machine"]) for key in rows["key"]]
     write_csv(OUT / "ablations.csv", merged(OUT / "ablations.csv", rows, ["key"]))
-    done = f"ablations: data seed {data_seed}, k {k}"
-    meta["done"][done] = {"seconds_this_session": round(time.perf_counter() - started, 1),
-                          "finished": datetime.datetime.now().isoformat(timespec="seconds")}
-    meta["updated"] = meta["done"][done]["finished"]
-    atomic_write(OUT / "grid.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
-    print(f"{done}: {len(rows)} runs, {time.perf_counter() - started:.0f} s", flush=True)
+    record_done(meta, f"ablations: data seed {data_seed}, k {k}", started=started, runs=len(rows))
 
 
 def main(argv=None) -> None:
