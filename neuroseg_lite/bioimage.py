@@ -44,7 +44,7 @@ _PAPER = ("Castelli, Roffilli, Mazzamuto, Costantini, Silvestri, Pavone (2020). 
           "Bodies in Fluorescence Microscopy Using a 2D+3D CNN Training Strategy with Sparsely Annotated Data. "
           "arXiv:2009.00029")
 _REPOSITORY = "https://github.com/neuroseg-lite/neuroseg-lite"
-#: Halo of a U-Net output, as a fraction of predict_volume's default tile: half the 25 % overlap it blends,
+#: Halo of a U-Net output as a fraction of predict_volume's default tile, half the 25 % overlap it blends,
 #: i.e. the border it down-weights. The U-Nets' receptive fields reach further (about 30 planes in z), so
 #: cropping them exactly would need tiles several times larger; a Gaussian-blended 1/8 border was enough for
 #: predict_volume to match a whole-volume pass to about 1e-3 (see infer.DEFAULT_TILE).

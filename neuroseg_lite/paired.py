@@ -42,11 +42,11 @@ _EMPTY_COLUMNS = {
     "ablations.csv": ["data", "preset", "method", "n_slices", "seed", "lam", "pseudo_mode", "loss_normalization",
                       "dice", "surface_dice", "key", "data_seed", "machine"],
 }
-#: The fewest data sets behind a verdict: below it a percentile bootstrap over data sets is too coarse to trust
+#: The fewest data sets behind a verdict. Below it a percentile bootstrap over data sets is too coarse to trust
 #: (with 2 data sets its "interval" is little more than their range), so the verdict is "too few data sets"
 #: (the interval and tests are still reported from 2 data sets on).
 MIN_DATA_SETS = 5
-#: Our assumption for the annotation planner, not a measurement: minutes to outline one neuron in one plane.
+#: Minutes to outline one neuron in one plane, for the annotation planner (our assumption, not a measurement).
 MINUTES_PER_OUTLINE = 1.0
 
 
@@ -362,7 +362,8 @@ def ablation_differences(ablations: pd.DataFrame, results: pd.DataFrame, *, lam:
     return table[["variant", "of", *[c for c in table.columns if c not in ("variant", "of")]]]
 
 
-#: The paper's three claims, each as (number, text, the comparison that tests it: method, against, metric).
+#: The paper's three claims, each as (number, text, (method, against, metric)), the last the comparison that
+#: tests it.
 PAPER_CLAIMS = (
     (1, "at heavy sparsity 3D + pseudo-labels beats the 2D model", ("3d_pseudo", "2d", "dice")),
     (2, "at heavy sparsity 3D + pseudo-labels beats the sparsely trained 3D model",
