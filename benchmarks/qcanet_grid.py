@@ -1,0 +1,186 @@
+"""Chapter 8's real-data comparison held to chapter 7's standard: a calibrated budget, 3 seeds, 2 folds (issue #9).
+
+The QCANet embryo stacks (:func:`neuroseg_lite.datasets.load_qcanet`) give two folds: train on the 8-cell embryo
+and test on the 16-cell one ("qcanet-8to16", chapter 8's default), and the other way round ("qcanet-16to8").
+
+Stage 1, ``calibrate``: the 3D training budget. The "sweep" budget (400 steps) of chapter 7 was chosen on
+synthetic data; on these stacks its dense model scored below a sparse one, so it is no upper bound. Candidate
+budgets (3D steps, everything else as "sweep") are tried on the dense and the sparse 3D model only (k = 3, the
+largest k of chapter 8), on both folds and seeds 0-2; pseudo-label models are deliberately not run, so the
+budget cannot favour the method under test. Rule, fixed before any run: the cheapest candidate whose mean dense
+Dice is above the mean sparse Dice on each fold and within 0.01 of the longest candidate's mean dense Dice (on
+each fold); if none qualifies, the longest. The chosen budget is ``runs.PRESETS["qcanet"]``
+(a test checks that the preset matches the calibration table).
+
+Stage 2, ``grid``: with that preset, on both folds, seeds 0-2 and k in {1, 3}: the 2D model, the 3D U-Net on the
+annotated planes only, the 3D U-Net with pseudo-labels (lambda 0.5) and the dense bound once per seed. Pairs
+share the fold, the annotated planes and the seed.
+
+Resumable like ``paired_grid.py``: runs are cached in the working folder, finished rows are in the tables, and
+on a new machine the committed rows count as done. Tables (small, committed, package data so chapter 8 reads
+them on Colab) in ``neuroseg_lite/data/qcanet_grid/``: ``calibration.csv`` (rows + ``fold``, ``candidate``,
+``steps_3d``), ``results.csv`` (rows + ``fold``) and ``grid.json`` (command, versions, machines, times).
+
+Usage (2 CPU cores: about 40 min for the calibration, about 45 min for the grid)::
+
+    .venv/bin/python benchmarks/qcanet_grid.py                       # both stages
+    .venv/bin/python benchmarks/qcanet_grid.py --stages calibrate --seeds 0 1 2
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from neuroseg_lite import __version__, datasets, experiment, runs
+from neuroseg_lite.cache import atomic_write
+from neuroseg_lite.calibration import choose_budget
+
+OUT = Path(__file__).resolve().parents[1] / "neuroseg_lite" / "data" / "qcanet_grid"
+FOLDS = {"qcanet-8to16": ("8_cell_stage", "16_cell_stage"), "qcanet-16to8": ("16_cell_stage", "8_cell_stage")}
+BASE_PRESET = "sweep"
+CANDIDATE_STEPS = (400, 800, 1600)  # 3D steps; 400 is "sweep" itself
+CALIBRATION_K = 3
+K_VALUES = (1, 3)
+LAM = 0.5
+
+
+def machine() -> str:
+    """A short description of this machine's CPU (and GPU, when one is used), for the rows it makes."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def candidate_preset(steps: int) -> runs.ExperimentPreset:
+    """The "sweep" preset with ``steps`` 3D training steps (the one knob calibrated here)."""
+    base = runs.resolve_preset(BASE_PRESET)
+    return dataclasses.replace(base, name=f"qcanet-calibration-{steps}",
+                               overrides_3d={**base.overrides_3d, "steps": steps})
+
+
+def fold_data(fold: str) -> experiment.Data:
+    train_name, test_name = FOLDS[fold]
+    train_image, train_labels, spacing = datasets.load_qcanet(train_name)
+    test_image, test_labels, _ = datasets.load_qcanet(test_name)
+    return experiment.prepare_data([train_image], [train_labels], test_image, test_labels, spacing, name=fold)
+
+
+def read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path) if path.exists() else pd.DataFrame()
+
+
+def store(name: str, rows: pd.DataFrame) -> None:
+    """Add ``rows`` to the committed table ``name`` (rows with the same key and candidate are replaced)."""
+    path = OUT / name
+    old = read(path)
+    table = pd.concat([old, rows], ignore_index=True) if len(old) else rows
+    keys = ["key", "candidate"] if "candidate" in table else ["key"]
+    table = table.drop_duplicates(subset=keys, keep="last").reset_index(drop=True)
+    atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
+
+
+def run_sweep(data, *, stored_name: str, workdir: Path, meta: dict, **sweep_options) -> pd.DataFrame:
+    """``experiment.sweep`` whose working results file starts from the committed rows (a new machine)."""
+    results_file = workdir / "results" / f"qcanet_{Path(stored_name).stem}_{data.name}.csv"
+    stored = read(OUT / stored_name)
+    if not results_file.exists() and len(stored):
+        results_file.parent.mkdir(parents=True, exist_ok=True)
+        mine = stored[stored["data"] == data.name].drop(columns=["fold", "candidate", "steps_3d", "machine"],
+                                                        errors="ignore").drop_duplicates("key")
+        atomic_write(results_file, lambda tmp: mine.to_csv(tmp, index=False))
+    table = experiment.sweep(data, workdir=workdir, results_file=results_file, **sweep_options)
+    machines = dict(zip(stored.get("key", []), stored.get("machine", [])))
+    return table.assign(fold=data.name,
+                        machine=[machines.get(key, meta["this_machine"]) for key in table["key"]])
+
+
+def record_done(meta: dict, done: str, *, started: float, runs_made: int) -> None:
+    meta["done"][done] = {"seconds_this_session": round(time.perf_counter() - started, 1),
+                          "finished": datetime.datetime.now().isoformat(timespec="seconds")}
+    meta["updated"] = meta["done"][done]["finished"]
+    atomic_write(OUT / "grid.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
+    print(f"{done}: {runs_made} runs, {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def calibrate(*, seeds, steps_list, workdir: Path, meta: dict, device: str) -> int:
+    for steps in steps_list:
+        started = time.perf_counter()
+        preset = candidate_preset(steps)
+        made = 0
+        for fold in FOLDS:
+            rows = run_sweep(fold_data(fold), stored_name="calibration.csv", workdir=workdir, meta=meta,
+                             n_slices=[CALIBRATION_K], seeds=seeds, lams=[LAM], methods=["3d_sparse", "3d_dense"],
+                             preset=preset, device=device)
+            store("calibration.csv", rows.assign(candidate=preset.name, steps_3d=steps))
+            made += len(rows)
+        record_done(meta, f"calibration: {steps} steps", started=started, runs_made=made)
+    chosen = choose_budget(pd.read_csv(OUT / "calibration.csv"))
+    meta["chosen_steps_3d"] = chosen
+    atomic_write(OUT / "grid.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
+    print(json.dumps({"chosen_steps_3d": chosen}), flush=True)
+    return chosen
+
+
+def run_grid(*, seeds, workdir: Path, meta: dict, device: str) -> None:
+    chosen = meta.get("chosen_steps_3d")
+    preset = runs.PRESETS.get("qcanet")
+    if preset is None or preset.overrides_3d.get("steps") != chosen:
+        raise SystemExit(f"runs.PRESETS['qcanet'] must be the calibrated budget ({chosen} 3D steps, "
+                         f"{BASE_PRESET!r} otherwise); it is {preset}. Run the calibrate stage, then set it.")
+    for fold in FOLDS:
+        started = time.perf_counter()
+        rows = run_sweep(fold_data(fold), stored_name="results.csv", workdir=workdir, meta=meta,
+                         n_slices=list(K_VALUES), seeds=seeds, lams=[LAM], preset="qcanet", device=device)
+        store("results.csv", rows)
+        record_done(meta, f"grid: {fold}", started=started, runs_made=len(rows))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stages", nargs="+", choices=["calibrate", "grid"], default=["calibrate", "grid"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
+    parser.add_argument("--steps", type=int, nargs="+", default=list(CANDIDATE_STEPS),
+                        help="candidate 3D budgets (steps) of the calibration")
+    parser.add_argument("--workdir", type=Path, default=Path("neuroseg_work"))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    OUT.mkdir(parents=True, exist_ok=True)
+    meta_file = OUT / "grid.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {"done": {}}
+    this_machine = machine()
+    if args.device.startswith("cuda") and torch.cuda.is_available():
+        this_machine += f", {torch.cuda.get_device_name()}"
+    meta.update(command="python benchmarks/qcanet_grid.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                base_preset=BASE_PRESET, candidate_steps=args.steps, calibration_k=CALIBRATION_K,
+                k_values=list(K_VALUES), lam=LAM, seeds=args.seeds, package=__version__,
+                torch=torch.__version__, numpy=np.__version__, threads=args.threads, this_machine=this_machine)
+    meta.setdefault("machines", [])
+    if this_machine not in meta["machines"]:
+        meta["machines"].append(this_machine)
+    if "calibrate" in args.stages:
+        calibrate(seeds=args.seeds, steps_list=args.steps, workdir=args.workdir, meta=meta, device=args.device)
+    if "grid" in args.stages:
+        run_grid(seeds=args.seeds, workdir=args.workdir, meta=meta, device=args.device)
+
+
+if __name__ == "__main__":
+    main()

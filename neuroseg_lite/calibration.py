@@ -1,0 +1,179 @@
+"""Choosing a training budget on the baselines only, and the stored real-data grid of chapter 8.
+
+Introduced in chapter 8 (``08_real_data``). A budget (the number of 3D training steps) is chosen before any
+pseudo-label run, from the dense and the sparse 3D models alone, so that it cannot favour the method under
+test: the cheapest budget whose dense model is an upper bound (above the sparse model) and has converged (within
+a tolerance of the longest budget tried), in every group (fold). ``benchmarks/qcanet_grid.py`` applies the rule
+to the QCANet embryos and runs the comparison with the chosen budget on two folds and three seeds;
+:func:`load_qcanet_grid` reads its tables, which ship with the package.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+
+from neuroseg_lite._checks import NeurosegInputError
+
+__all__ = ["TOLERANCE", "budget_table", "choose_budget", "pair_differences", "RealDataGrid", "load_qcanet_grid"]
+
+#: Largest shortfall of a budget's mean dense Dice below the longest budget's for it to count as converged.
+TOLERANCE = 0.01
+
+
+def budget_table(calibration: pd.DataFrame, *, group: str = "fold", budget: str = "steps_3d",
+                 metric: str = "dice", tolerance: float = TOLERANCE) -> pd.DataFrame:
+    """Dense and sparse scores per group and budget, and whether each budget passes the calibration rule.
+
+    Parameters
+    ----------
+    calibration : pandas.DataFrame
+        One row per group, budget, method (``"3d_dense"`` and ``"3d_sparse"``) and seed, with ``metric``.
+    group, budget, metric : str
+        Column names.
+    tolerance : float
+        See :data:`TOLERANCE`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by (group, budget): ``dense``, ``sparse`` (means over seeds), ``dense_sd``, ``sparse_sd``,
+        ``seeds``, ``upper_bound`` (dense > sparse), ``converged`` (dense within ``tolerance`` of the longest
+        budget's dense) and ``passes`` (both).
+
+    Examples
+    --------
+    >>> rows = pd.DataFrame({"fold": "a", "steps_3d": [400, 400, 800, 800], "seed": 0,
+    ...                      "method": ["3d_dense", "3d_sparse"] * 2, "dice": [0.80, 0.85, 0.90, 0.86]})
+    >>> budget_table(rows)["passes"].tolist()
+    [False, True]
+    """
+    missing = sorted({group, budget, metric, "method", "seed"} - set(calibration.columns))
+    if missing:
+        raise NeurosegInputError(f"the calibration table has no column(s) {missing}; pass the rows of "
+                                 "benchmarks/qcanet_grid.py's calibration.csv (or name the columns).")
+    methods = calibration[calibration["method"].isin(["3d_dense", "3d_sparse"])]
+    if set(methods["method"]) != {"3d_dense", "3d_sparse"}:
+        raise NeurosegInputError("the calibration needs rows of both baselines, '3d_dense' and '3d_sparse'.")
+    stats = methods.groupby([group, budget, "method"])[metric].agg(["mean", "std", "count"]).unstack("method")
+    table = pd.DataFrame({"dense": stats[("mean", "3d_dense")], "sparse": stats[("mean", "3d_sparse")],
+                          "dense_sd": stats[("std", "3d_dense")], "sparse_sd": stats[("std", "3d_sparse")],
+                          "seeds": stats[("count", "3d_dense")]})
+    longest = table["dense"].xs(table.index.get_level_values(budget).max(), level=budget)
+    table["upper_bound"] = table["dense"] > table["sparse"]
+    shortfall = longest.reindex(table.index.get_level_values(group)).to_numpy() - table["dense"].to_numpy()
+    table["converged"] = shortfall <= tolerance
+    table["passes"] = table["upper_bound"] & table["converged"]
+    return table
+
+
+def choose_budget(calibration: pd.DataFrame, *, group: str = "fold", budget: str = "steps_3d",
+                  metric: str = "dice", tolerance: float = TOLERANCE) -> int:
+    """The cheapest budget that passes the rule (:func:`budget_table`) in every group; else the longest.
+
+    Parameters
+    ----------
+    calibration : pandas.DataFrame
+        As for :func:`budget_table`.
+    group, budget, metric : str
+    tolerance : float
+
+    Returns
+    -------
+    int
+        The chosen budget.
+    """
+    table = budget_table(calibration, group=group, budget=budget, metric=metric, tolerance=tolerance)
+    groups = table.index.get_level_values(group).unique()
+    for value, rows in table.groupby(level=budget, sort=True):
+        if len(rows) == len(groups) and rows["passes"].all():
+            return int(value)
+    return int(table.index.get_level_values(budget).max())
+
+
+def pair_differences(results: pd.DataFrame, *, method: str = "3d_pseudo", against=("2d", "3d_sparse"),
+                     metrics=("dice", "surface_dice"), pair_on=("fold", "seed"), by=("n_slices",)) -> pd.DataFrame:
+    """``method`` minus each of ``against`` in every pair of runs (same fold, seed and k), one row per pair.
+
+    Parameters
+    ----------
+    results : pandas.DataFrame
+        Results rows with ``method`` and the ``pair_on``, ``by`` and ``metrics`` columns.
+    method : str
+    against : sequence of str
+    metrics : sequence of str
+        For ``hd95_um`` the difference is taken the other way round, so positive means ``method`` is better.
+    pair_on, by : sequence of str
+
+    Returns
+    -------
+    pandas.DataFrame
+        The ``by`` and ``pair_on`` columns, ``against``, ``metric``, ``method_score``, ``other_score`` and
+        ``difference``.
+    """
+    keys = [*by, *pair_on]
+    missing = sorted({"method", *keys, *metrics} - set(results.columns))
+    if missing:
+        raise NeurosegInputError(f"the results table has no column(s) {missing}.")
+    mine = results[results["method"] == method]
+    rows = []
+    for other in against:
+        theirs = results[results["method"] == other]
+        for metric in metrics:
+            pairs = mine[keys + [metric]].merge(theirs[keys + [metric]], on=keys, suffixes=("_m", "_o"),
+                                                validate="one_to_one")
+            sign = -1.0 if metric == "hd95_um" else 1.0
+            rows.append(pairs[keys].assign(against=other, metric=metric, method_score=pairs[f"{metric}_m"],
+                                           other_score=pairs[f"{metric}_o"],
+                                           difference=sign * (pairs[f"{metric}_m"] - pairs[f"{metric}_o"])))
+    columns = [*keys, "against", "metric", "method_score", "other_score", "difference"]
+    return pd.concat(rows, ignore_index=True)[columns] if rows else pd.DataFrame(columns=columns)
+
+
+@dataclasses.dataclass(frozen=True)
+class RealDataGrid:
+    """The tables of ``benchmarks/qcanet_grid.py``: ``calibration`` and ``results`` rows, and ``meta``."""
+
+    calibration: pd.DataFrame
+    results: pd.DataFrame
+    meta: dict
+
+    @property
+    def chosen_budget(self):
+        """The 3D steps the rule picks from the stored calibration (None without one)."""
+        return choose_budget(self.calibration) if len(self.calibration) else None
+
+    @property
+    def coverage(self) -> pd.DataFrame:
+        """Runs per fold, k and method (the dense bound has no k: shown as k = 0)."""
+        if not len(self.results):
+            return pd.DataFrame()
+        rows = self.results.assign(n_slices=self.results["n_slices"].fillna(0).astype(int))
+        return rows.pivot_table(index=["fold", "n_slices"], columns="method", values="seed", aggfunc="count")
+
+
+def load_qcanet_grid(folder=None) -> RealDataGrid:
+    """Read the real-data grid stored with the package (or in ``folder``); missing tables are empty.
+
+    Parameters
+    ----------
+    folder : path-like, optional
+        Holding ``calibration.csv``, ``results.csv`` and ``grid.json``; default the package's
+        ``neuroseg_lite/data/qcanet_grid``.
+    """
+    if folder is None:
+        folder = Path(str(resources.files("neuroseg_lite"))) / "data" / "qcanet_grid"
+    folder = Path(folder)
+
+    def table(name):
+        path = folder / name
+        return pd.read_csv(path) if path.exists() else pd.DataFrame(
+            columns=["fold", "method", "n_slices", "seed", "dice", "key"])
+
+    meta_file = folder / "grid.json"
+    return RealDataGrid(calibration=table("calibration.csv"), results=table("results.csv"),
+                        meta=json.loads(meta_file.read_text()) if meta_file.exists() else {})
+

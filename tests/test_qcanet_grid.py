@@ -1,0 +1,67 @@
+"""benchmarks/qcanet_grid.py: chapter 8's calibrated, two-fold, three-seed grid on the QCANet stacks."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from neuroseg_lite import calibration, runs
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "qcanet_grid.py"
+
+
+@pytest.fixture()
+def script(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("qcanet_grid", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "OUT", tmp_path / "tables")
+    return module
+
+
+def test_calibration_stage_runs_resumes_and_stores_its_rows(script, tmp_path, capsys):
+    workdir = tmp_path / "work"
+    options = ["--stages", "calibrate", "--steps", "4", "8", "--seeds", "0", "--workdir", str(workdir),
+               "--threads", "1"]
+    script.main(options)
+    table = pd.read_csv(script.OUT / "calibration.csv")
+    # 2 folds x 2 candidates x (dense + sparse) x 1 seed
+    assert len(table) == 8
+    assert set(table["fold"]) == set(script.FOLDS) and set(table["steps_3d"]) == {4, 8}
+    assert set(table["method"]) == {"3d_dense", "3d_sparse"}
+    meta = json.loads((script.OUT / "grid.json").read_text())
+    assert meta["chosen_steps_3d"] == calibration.choose_budget(table)
+    # a second call (a new machine: empty working folder) takes the committed rows as done
+    capsys.readouterr()
+    script.main([*options[:-3], str(tmp_path / "fresh"), "--threads", "1"])
+    again = pd.read_csv(script.OUT / "calibration.csv")
+    pd.testing.assert_frame_equal(again, table)
+
+
+def test_the_grid_refuses_an_uncalibrated_preset(script, tmp_path):
+    meta = {"done": {}, "this_machine": "test", "chosen_steps_3d": 123456}
+    with pytest.raises(SystemExit, match="calibrated budget"):
+        script.run_grid(seeds=[0], workdir=tmp_path, meta=meta, device="cpu")
+
+
+STORED = Path(calibration.__file__).parent / "data" / "qcanet_grid"
+
+
+@pytest.mark.skipif(not (STORED / "calibration.csv").exists(), reason="the QCANet calibration has not been run")
+def test_the_qcanet_preset_is_the_calibrated_budget():
+    spec = importlib.util.spec_from_file_location("qcanet_grid_stored", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    calibration = pd.read_csv(STORED / "calibration.csv")
+    if set(calibration["steps_3d"]) != set(module.CANDIDATE_STEPS):
+        pytest.skip("the stored calibration is partial")
+    chosen = calibration.choose_budget(calibration)
+    preset = runs.PRESETS["qcanet"]
+    assert preset.overrides_3d["steps"] == chosen
+    base = runs.PRESETS[module.BASE_PRESET]
+    assert {**base.overrides_3d, "steps": chosen} == preset.overrides_3d
+    assert (preset.train_2d, preset.train_3d, preset.model_3d, preset.overrides_2d) == (
+        base.train_2d, base.train_3d, base.model_3d, base.overrides_2d)
