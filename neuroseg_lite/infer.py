@@ -22,7 +22,7 @@ import torch
 
 from neuroseg_lite._checks import NeurosegInputError, check_image_values, check_volume
 from neuroseg_lite.checkpoint import TrainedModel
-from neuroseg_lite.utils import select_device
+from neuroseg_lite.utils import memory_format_for, select_device
 
 __all__ = ["DEFAULT_TILE", "predict_volume", "tile_positions", "gaussian_window"]
 
@@ -197,7 +197,7 @@ def _validate_image(image, name: str):
 
 def predict_volume(model, image, *, tile=None, overlap: float = 0.25, batch_size: int = 2,
                    device="auto", progress: bool = False, sigma_scale: float = 0.125,
-                   divisor=None) -> np.ndarray:
+                   divisor=None, channels_last: bool = True) -> np.ndarray:
     """Foreground probability of a whole stack by Gaussian-blended sliding-window inference.
 
     Parameters
@@ -228,6 +228,9 @@ def predict_volume(model, image, *, tile=None, overlap: float = 0.25, batch_size
     divisor : tuple of 3 int, optional
         Factors every tile size must be a multiple of. Default: ``model.required_divisor()`` when the
         model has that method, else its ``divisor`` attribute (as ``UNet3D`` has), else (1, 1, 1).
+    channels_last : bool
+        Run the network in the channels-last 3D layout where :func:`neuroseg_lite.utils.memory_format_for`
+        chooses it (CUDA and the CPU); False keeps the network's own layout (e.g. if a kernel is slow in it).
 
     Returns
     -------
@@ -238,8 +241,9 @@ def predict_volume(model, image, *, tile=None, overlap: float = 0.25, batch_size
     -----
     Peak memory is the float32 output plus one batch of tiles and the network's activations for it
     (plus one tile-deep slab of the input for lazy array-likes). On CUDA the forward pass runs under
-    bf16 (or fp16) autocast, where larger tiles and batches usually pay off; on the CPU it runs in float32
-    with the weights temporarily in the channels-last 3D layout.
+    bf16 (or fp16) autocast, where larger tiles and batches usually pay off; on the CPU it runs in float32.
+    On both, the weights and tiles are in the channels-last 3D layout during the call (``channels_last``);
+    a network that was not is converted back afterwards.
     """
     if isinstance(model, TrainedModel):
         if model.kind != "unet3d":
@@ -289,7 +293,8 @@ def predict_volume(model, image, *, tile=None, overlap: float = 0.25, batch_size
 
     def flush():
         n = len(pending)
-        inputs = torch.from_numpy(batch[:n]).to(device=device, dtype=input_dtype)
+        inputs = torch.from_numpy(batch[:n]).to(device=device, dtype=input_dtype).contiguous(
+            memory_format=memory_format)
         with autocast:
             logits = model(inputs)
         expected = (n, 1) + tile
@@ -305,9 +310,11 @@ def predict_volume(model, image, *, tile=None, overlap: float = 0.25, batch_size
     from tqdm.auto import tqdm
 
     # On the CPU, channels-last 3D weights let oneDNN run the U-Net's convolutions about twice as fast
-    # (benchmarks/bench_infer3d.py); the input alone is not enough, since a 1-channel tensor already counts as
-    # channels-last. The weights are converted back afterwards so the caller's model keeps its layout.
-    to_channels_last = device.type == "cpu" and any(
+    # (benchmarks/bench_infer3d.py), on CUDA they suit the tensor cores under autocast; the input alone is not
+    # enough, since a 1-channel tensor already counts as channels-last. The weights are converted back
+    # afterwards so the caller's model keeps its layout.
+    memory_format = memory_format_for(device, channels_last=channels_last)
+    to_channels_last = memory_format == torch.channels_last_3d and any(
         p.dim() == 5 and not p.is_contiguous(memory_format=torch.channels_last_3d) for p in model.parameters())
     was_training = model.training
     model.eval()

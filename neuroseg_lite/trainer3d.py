@@ -14,6 +14,7 @@ from neuroseg_lite.losses import lambda_schedule, weighted_bce
 from neuroseg_lite.patches import PatchSampler
 from neuroseg_lite.trainconfig import TrainConfig
 from neuroseg_lite.unet3d import UNet3D
+from neuroseg_lite.utils import memory_format_for
 
 __all__ = ["Trainer3D", "WeightAverage"]
 
@@ -53,7 +54,9 @@ class Trainer3D:
 
     def __init__(self, sampler: PatchSampler, model: UNet3D, config: TrainConfig, device: torch.device):
         self.sampler, self.config, self.device = sampler, config, device
-        self.memory_format = torch.channels_last_3d if config.channels_last else torch.contiguous_format
+        # channels-last 3D on CUDA (tensor cores under autocast) and the CPU; TrainConfig.channels_last=False
+        # turns it off (see utils.memory_format_for)
+        self.memory_format = memory_format_for(device, channels_last=config.channels_last)
         self.model = model.to(device=device, memory_format=self.memory_format).train()
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.use_amp = config.amp and device.type == "cuda"

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 __all__ = ["select_device", "seed_everything", "environment_report", "to_plain", "CPUTrainingWarning",
-           "cpu_seconds_per_step", "warn_gpu_preset_on_cpu", "torch_threads"]
+           "cpu_seconds_per_step", "warn_gpu_preset_on_cpu", "torch_threads", "memory_format_for"]
 
 # Stated CPU costs of one training step, on an idle 2-core machine with 2 torch threads (sampling and augmentation
 # included). 3D: benchmarks/bench_train3d.py measured 0.16 s for 16x64x64 patches, batch 2, UNet3DConfig()
@@ -77,6 +77,31 @@ def warn_gpu_preset_on_cpu(config, device, *, gpu_preset, model_config=None, sta
         "2-core step cost; yours may differ by a factor of a few). Use a GPU (on Colab: Runtime > Change runtime "
         "type > GPU) or the 'cpu' preset.", CPUTrainingWarning, stacklevel=stacklevel)
 
+
+
+def memory_format_for(device, *, channels_last: bool = True) -> torch.memory_format:
+    """The memory format of the 3D U-Net's weights and 5D inputs on ``device``.
+
+    Introduced in chapter 5 (``05_train_3d``). ``torch.channels_last_3d`` (NDHWC) on CUDA, where the
+    convolutions under float16 autocast run on tensor cores, which want the channels innermost, and on the
+    CPU, where oneDNN's convolutions run about twice as fast in it (``benchmarks/bench_infer3d.py``) and every
+    run of the stored grid trained in it. Contiguous (NCDHW) elsewhere: on Apple's MPS, ``Conv3d`` gave wrong
+    outputs for channels-last 3D inputs (pytorch/pytorch#141471, fixed in late 2024), and contiguous whenever
+    ``channels_last`` is False (for a kernel that turns out slow in that layout).
+
+    Parameters
+    ----------
+    device : str or torch.device
+    channels_last : bool
+        False: always ``torch.contiguous_format``.
+
+    Returns
+    -------
+    torch.memory_format
+    """
+    if channels_last and torch.device(device).type in ("cuda", "cpu"):
+        return torch.channels_last_3d
+    return torch.contiguous_format
 
 
 def select_device(preference: str | torch.device = "auto") -> torch.device:
