@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from neuroseg_lite._checks import NeurosegInputError
 
 __all__ = ["plot_history", "plot_confusion", "plot_metric_vs_k", "plot_paired_differences", "plot_learning_curves",
-           "plot_build_points", "METHOD_LABELS"]
+           "plot_build_points", "plot_gain_vs_knob", "METHOD_LABELS"]
 
 #: The one set of method names for every figure and table of the book (chapters 6-8).
 METHOD_LABELS = {
@@ -530,4 +530,63 @@ def plot_build_points(stored, live, *, metric="dice", methods=None, cluster="dat
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
+    return fig
+
+
+def plot_gain_vs_knob(gains, *, knob="sigma_z_um", metric="dice", against=None, title=None, figsize=None,
+                      axes=None) -> Figure:
+    """Paired gain against a realism knob (the axial blur): one thin line per data set, their mean in bold.
+
+    Introduced in chapter 7 (``07_sparsity_sweep``).
+
+    Parameters
+    ----------
+    gains : pandas.DataFrame
+        :func:`neuroseg_lite.paired.knob_gains`'s table: ``data_seed``, ``knob``, ``against``, ``metric`` and
+        ``gain``.
+    knob : str
+    metric : str
+    against : sequence of str, optional
+        One panel each; default every other method of the table.
+    title : str, optional
+    figsize : tuple of 2 float, optional
+    axes : sequence of matplotlib Axes, optional
+
+    Returns
+    -------
+    Figure
+        A dashed line at zero; above it the method is better.
+    """
+    import pandas as pd
+
+    frame = pd.DataFrame(gains)
+    missing = sorted({"data_seed", knob, "against", "metric", "gain"} - set(frame.columns))
+    if missing:
+        raise NeurosegInputError(f"gains have no column(s) {missing}; pass paired.knob_gains's table.")
+    frame = frame[frame["metric"] == metric]
+    if frame.empty:
+        raise NeurosegInputError(f"no gains in {metric!r} to plot.")
+    against = list(dict.fromkeys(frame["against"])) if against is None else list(against)
+    fig, axes = _figure_axes(axes, len(against), figsize=figsize or (4.2 * len(against), 3.6))
+    for ax, other in zip(axes, against):
+        rows = frame[frame["against"] == other]
+        if rows.empty:
+            raise NeurosegInputError(f"no gains against {other!r}; the table holds {sorted(set(frame['against']))}.")
+        for i, (data_seed, part) in enumerate(rows.groupby("data_seed")):
+            part = part.sort_values(knob)
+            ax.plot(part[knob], part["gain"], marker="o", markersize=3, linewidth=1, alpha=0.6, color="gray",
+                    label="one data set (its seed)" if i == 0 else None)
+            ax.annotate(f"{data_seed}", (part[knob].iloc[-1], part["gain"].iloc[-1]), textcoords="offset points",
+                        xytext=(4, 0), fontsize=7, color="gray")
+        mean = rows.groupby(knob)["gain"].mean()
+        ax.plot(mean.index, mean.to_numpy(), marker="o", linewidth=2.5, color=_method_color(other, 0),
+                label=f"mean of {rows['data_seed'].nunique()} data sets")
+        ax.axhline(0.0, color="black", linestyle="--", linewidth=1)
+        ax.set_xlabel(knob)
+        ax.set_ylabel(f"paired gain in {metric}")
+        ax.set_title(f"3D + pseudo-labels minus {METHOD_LABELS.get(other, other)}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
     return fig

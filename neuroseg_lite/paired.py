@@ -24,7 +24,8 @@ from neuroseg_lite._checks import NeurosegInputError
 
 __all__ = ["StoredGrid", "load_stored_grid", "paired_differences", "paired_gains", "steps_to_reach",
            "summarise_steps", "reach_table", "plan_budget", "describe_difference", "ablation_differences",
-           "paper_claims", "PAPER_CLAIMS", "MIN_DATA_SETS", "MINUTES_PER_OUTLINE"]
+           "paper_claims", "estimate_grid_hours", "knob_gains", "PAPER_CLAIMS", "MIN_DATA_SETS", "MINUTES_PER_OUTLINE",
+           "ASSUMED_GPU_SPEEDUP"]
 
 #: Columns where a smaller value is better (distances, and the steps or seconds needed to reach a target).
 _LOWER_IS_BETTER = ("hd95_um", "hd_um", "assd_um", "steps_to_target", "seconds_to_target")
@@ -41,6 +42,8 @@ _EMPTY_COLUMNS = {
                    "pseudo_dice", "pseudo_precision", "pseudo_recall"],
     "ablations.csv": ["data", "preset", "method", "n_slices", "seed", "lam", "pseudo_mode", "loss_normalization",
                       "dice", "surface_dice", "key", "data_seed", "machine"],
+    "blur.csv": ["data", "preset", "method", "n_slices", "seed", "lam", "pseudo_mode", "loss_normalization",
+                 "dice", "surface_dice", "key", "data_seed", "sigma_z_um", "machine"],
 }
 #: The fewest data sets behind a verdict. Below it a percentile bootstrap over data sets is too coarse to trust
 #: (with 2 data sets its "interval" is little more than their range), so the verdict is "too few data sets"
@@ -48,6 +51,16 @@ _EMPTY_COLUMNS = {
 MIN_DATA_SETS = 5
 #: Minutes to outline one neuron in one plane, for the annotation planner (our assumption, not a measurement).
 MINUTES_PER_OUTLINE = 1.0
+#: How many times faster one GPU runs the grid's accelerator stages than 2 CPU cores (an assumption, to be
+#: replaced by ``benchmarks/bench_train3d.py --compare-devices`` on a GPU). The grid's models are small: one 3D
+#: step is about 15 GFLOP (bench_train3d), a few milliseconds of a Colab T4's arithmetic under AMP, so kernel
+#: launches and the patch sampling that stays on the CPU set its pace, and the 2D stages and the blending of
+#: predicted tiles gain less than the 3D steps; 5 is a guess on the low side of the 5-10 such steps suggest.
+ASSUMED_GPU_SPEEDUP = 5.0
+# Seconds of the grid's CPU-only work, not in the rows: generating one "tall" data set (synthetic_data, 5
+# volumes of 128^3, written and read back: 4.5 s) and scoring one run (metrics.evaluate on the test volume:
+# 0.9 s), measured on 2026-12-02 with one thread on 2 cores shared with two training jobs, rounded up.
+_CPU_ONLY_SECONDS = {"data set": 5.0, "scoring": 1.0}
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,10 @@ class StoredGrid:
     ablations : pandas.DataFrame
         The pseudo-label method's variants at the sparsest k (columns of ``results``; empty until the grid's
         ablation stage has run).
+    blur : pandas.DataFrame
+        The sparse methods at the sparsest k on data sets made with other axial PSF sigmas (columns of
+        ``results`` and ``sigma_z_um``; the default sigma's runs are in ``results``; empty until the grid's
+        blur stage has run).
     """
 
     results: pd.DataFrame
@@ -77,6 +94,7 @@ class StoredGrid:
     pseudo: pd.DataFrame
     meta: dict = field(default_factory=dict)
     ablations: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=_EMPTY_COLUMNS["ablations.csv"]))
+    blur: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=_EMPTY_COLUMNS["blur.csv"]))
 
     def per_k(self) -> pd.DataFrame:
         """Per ``n_slices`` of the sparse methods: data sets, runs, annotated fraction and neurons crossed.
@@ -101,6 +119,10 @@ class StoredGrid:
         """
         return float(self.results["total_seconds"].sum()) / 3600 if len(self.results) else 0.0
 
+    def estimate_hours(self, **options) -> pd.DataFrame:
+        """:func:`estimate_grid_hours` of this grid's rows."""
+        return estimate_grid_hours(self.results, **options)
+
     def coverage(self) -> pd.DataFrame:
         """Data sets and runs per method and ``n_slices`` (the dense bound under its number of planes)."""
         if self.results.empty:
@@ -115,7 +137,8 @@ def load_stored_grid(folder=None) -> StoredGrid:
     Parameters
     ----------
     folder : path-like, optional
-        Holding ``results.csv``, ``curves.csv``, ``pseudo.csv`` and ``grid.json``; default: the package's
+        Holding ``results.csv``, ``curves.csv``, ``pseudo.csv``, ``ablations.csv``, ``blur.csv`` and
+        ``grid.json``; default: the package's
         ``neuroseg_lite/data/paired_grid``.
     """
     if folder is None:
@@ -129,7 +152,77 @@ def load_stored_grid(folder=None) -> StoredGrid:
     meta_file = folder / "grid.json"
     meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
     return StoredGrid(results=table("results.csv"), curves=table("curves.csv"), pseudo=table("pseudo.csv"),
-                      meta=meta, ablations=table("ablations.csv"))
+                      meta=meta, ablations=table("ablations.csv"), blur=table("blur.csv"))
+
+
+def estimate_grid_hours(results: pd.DataFrame, *, speedup: float = ASSUMED_GPU_SPEEDUP, data_seeds: int = 8,
+                        seeds: int = 2, k_values=(1, 2, 4), ablation_data_seeds: int = 3, blur_data_seeds: int = 3,
+                        blur_seeds: int = 1, blur_sigmas: int = 2) -> pd.DataFrame:
+    """Hours the whole grid of ``benchmarks/paired_grid.py`` takes on 2 CPU cores and on one GPU, estimated.
+
+    Introduced in chapter 7 (``07_sparsity_sweep``). Each stage's CPU seconds are the median over the stored
+    rows of its recorded time (``train_2d_seconds``, ``pseudo_seconds``, ``train_3d_seconds`` with its
+    validation curves, pooled over the three 3D methods, whose budgets are the same; ``predict_seconds``), the
+    median because rows made while other jobs shared the cores take up to 8 times longer, times the number of
+    such stages the grid needs. A budget's cost does not depend on k, so rows at one k price every k.
+    Training, pseudo-labels and prediction run on the accelerator: on a GPU they take ``speedup`` times less.
+    Data generation and scoring stay on the CPU (stated costs, not in the rows).
+
+    Parameters
+    ----------
+    results : pandas.DataFrame
+        Rows of the grid (``load_stored_grid().results``) with the 2D, 3D-sparse, 3D-pseudo and dense methods.
+    speedup : float
+        GPU over 2 CPU cores on the accelerator stages; default :data:`ASSUMED_GPU_SPEEDUP`, an assumption.
+    data_seeds, seeds, k_values
+        The main grid (paired_grid.py's defaults): each data set, training seed and k trains a 2D model, its
+        pseudo-labels and two 3D models and predicts three; each data set and seed one dense model.
+    ablation_data_seeds : int
+        Data sets of the ablations (at the sparsest k, every seed): five more 3D models (two lambdas, soft,
+        "global", prior-corrected), the corrected pseudo-labels and six predictions each.
+    blur_data_seeds, blur_seeds, blur_sigmas : int
+        The axial-blur stage (sparsest k): a new data set per data seed and sigma, each with a main-grid cell.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per grid part and stage: ``part``, ``stage``, ``on`` ("accelerator" or "cpu"), ``count``,
+        ``seconds_each`` (on the CPU), ``cpu_hours`` and ``gpu_hours``.
+    """
+    _require(results, ["method", "train_2d_seconds", "pseudo_seconds", "train_3d_seconds", "predict_seconds"],
+             "the results table")
+    if speedup <= 0:
+        raise NeurosegInputError(f"speedup must be > 0, got {speedup!r}.")
+
+    def median(method, column):
+        values = results.loc[results["method"].isin([method] if isinstance(method, str) else method), column]
+        if values.empty:
+            raise NeurosegInputError(f"the results table has no {method!r} rows to time {column} with.")
+        return float(values.median())
+
+    three_d = ("3d_sparse", "3d_pseudo", "3d_dense")  # one budget: the same steps of the same network
+    cost = {"2D model": median("2d", "train_2d_seconds"), "pseudo-labels": median("3d_pseudo", "pseudo_seconds"),
+            "3D model": median(three_d, "train_3d_seconds"), "2D prediction": median("2d", "predict_seconds"),
+            "3D prediction": median(three_d, "predict_seconds"), **_CPU_ONLY_SECONDS}
+    cell = {"2D model": 1, "pseudo-labels": 1, "3D model": 2, "2D prediction": 1, "3D prediction": 2, "scoring": 3}
+    main, blur = data_seeds * seeds * len(k_values), blur_data_seeds * blur_seeds * blur_sigmas
+    parts = {
+        "main grid": {"data set": data_seeds, **{stage: n * main for stage, n in cell.items()}},
+        "dense bound": {"3D model": data_seeds * seeds, "3D prediction": data_seeds * seeds,
+                        "scoring": data_seeds * seeds},
+        "ablations": {stage: n * ablation_data_seeds * seeds for stage, n in
+                      (("3D model", 5), ("pseudo-labels", 1), ("2D prediction", 1),
+                       ("3D prediction", 5), ("scoring", 6))},
+        "axial blur": {"data set": blur_data_seeds * blur_sigmas, **{stage: n * blur for stage, n in cell.items()}},
+    }
+    rows = []
+    for part, stages in parts.items():
+        for stage, count in stages.items():
+            on = "cpu" if stage in _CPU_ONLY_SECONDS else "accelerator"
+            hours = count * cost[stage] / 3600
+            rows.append({"part": part, "stage": stage, "on": on, "count": count, "seconds_each": cost[stage],
+                         "cpu_hours": hours, "gpu_hours": hours if on == "cpu" else hours / speedup})
+    return pd.DataFrame(rows)
 
 
 def _require(table: pd.DataFrame, columns, what: str) -> None:
@@ -251,6 +344,55 @@ def paired_gains(table: pd.DataFrame, *, method: str = "3d_pseudo", other: str =
     pairs = mine.merge(theirs, on=keys, suffixes=(f"_{method}", f"_{other}"), validate="one_to_one")
     sign = -1.0 if metric in _LOWER_IS_BETTER else 1.0
     return pairs.assign(gain=sign * (pairs[f"{metric}_{method}"] - pairs[f"{metric}_{other}"]))
+
+
+def knob_gains(knob_rows: pd.DataFrame, results: pd.DataFrame, *, knob: str = "sigma_z_um", default: float,
+               method: str = "3d_pseudo", against=("3d_sparse", "2d"), metrics=("dice", "surface_dice"),
+               cluster: str = "data_seed", pair_on: str = "seed") -> pd.DataFrame:
+    """Per data set and value of a realism knob: ``method`` minus each of ``against``, paired, mean over seeds.
+
+    Introduced in chapter 7 (``07_sparsity_sweep``), for the axial blur (``load_stored_grid().blur``).
+
+    Parameters
+    ----------
+    knob_rows : pandas.DataFrame
+        Results rows of data sets made with other values of ``knob`` (a ``knob`` column, ``cluster``,
+        ``pair_on``, ``n_slices``, ``method`` and ``metrics``).
+    results : pandas.DataFrame
+        The main grid's rows: its runs of the same data sets, seeds and k stand for ``knob = default``
+        (unless ``knob_rows`` hold that value for a data set themselves).
+    knob : str
+    default : float
+        The knob's value in the main grid (the grid's ``meta["blur"]["default_sigma_z_um"]``).
+    method : str
+    against : sequence of str
+    metrics : sequence of str
+        Higher is better (for a distance the sign is turned, as in :func:`paired_differences`).
+    cluster, pair_on : str
+        The data set and the training seed.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per ``cluster``, ``knob`` value, ``n_slices``, other method and metric: ``pairs`` (seeds) and
+        ``gain`` (their mean paired difference).
+    """
+    keys = [cluster, pair_on, "n_slices"]
+    _require(knob_rows, ["method", knob, *keys, *metrics], "the knob's rows")
+    _require(results, ["method", *keys, *metrics], "the results table")
+    cells = knob_rows[keys].drop_duplicates()
+    has_default = set(knob_rows.loc[np.isclose(knob_rows[knob].astype(float), default), cluster])
+    base = results.merge(cells, on=keys)
+    base = base[~base[cluster].isin(has_default)].assign(**{knob: float(default)})
+    table = pd.concat([knob_rows, base], ignore_index=True).astype({knob: float})
+    parts = []
+    for other in against:
+        for metric in metrics:
+            pairs = paired_gains(table, method=method, other=other, metric=metric, keys=[knob, *keys])
+            per_set = pairs.groupby([cluster, knob, "n_slices"]).agg(pairs=("gain", "size"), gain=("gain", "mean"))
+            parts.append(per_set.reset_index().assign(against=other, metric=metric))
+    columns = [cluster, knob, "n_slices", "against", "metric", "pairs", "gain"]
+    return pd.concat(parts, ignore_index=True)[columns].sort_values(columns[:5], ignore_index=True)
 
 
 def describe_difference(row, *, labels=None, digits: int = 3) -> str:

@@ -26,6 +26,7 @@ from neuroseg_lite.charts import (
     METHOD_LABELS,
     plot_build_points,
     plot_confusion,
+    plot_gain_vs_knob,
     plot_history,
     plot_learning_curves,
     plot_metric_vs_k,
@@ -35,7 +36,7 @@ from neuroseg_lite.io import binarize_labels
 
 __all__ = ["plot_section", "show_orthogonal", "plot_sections", "render_surfaces", "LABEL_COLOR",
            "PREDICTION_COLOR", "plot_history", "plot_confusion", "plot_metric_vs_k", "plot_paired_differences",
-           "plot_learning_curves", "plot_build_points", "METHOD_LABELS"]
+           "plot_learning_curves", "plot_build_points", "plot_gain_vs_knob", "METHOD_LABELS"]
 
 LABEL_COLOR = "limegreen"
 PREDICTION_COLOR = "magenta"

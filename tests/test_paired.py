@@ -202,3 +202,79 @@ def test_per_k_reports_the_annotated_fraction_and_the_neurons_crossed(tmp_path):
     row = grid.per_k().iloc[0]
     assert row["data_sets"] == 2 and row["runs"] == 12 and row["neurons_crossed"] == 30.5
     assert grid.cpu_hours() == pytest.approx(12 * 60 / 3600)
+
+
+def _timed_rows(*, train_3d=(100.0, 100.0, 100.0, 900.0)):
+    """Rows with stage seconds: 2D model 60 s, pseudo-labels 40 s, 2D prediction 20 s, 3D prediction 4 s."""
+    rows = [{"method": "2d", "train_2d_seconds": 60.0, "pseudo_seconds": 0.0, "train_3d_seconds": 0.0,
+             "predict_seconds": 20.0}]
+    methods = ["3d_sparse", "3d_pseudo", "3d_dense", "3d_sparse"]
+    for method, seconds in zip(methods, train_3d):  # the last, 9 times slower: a busy machine
+        rows.append({"method": method, "train_2d_seconds": 60.0 if method == "3d_pseudo" else 0.0,
+                     "pseudo_seconds": 40.0 if method == "3d_pseudo" else 0.0, "train_3d_seconds": seconds,
+                     "predict_seconds": 4.0})
+    return pd.DataFrame(rows)
+
+
+def test_the_grid_estimate_counts_every_stage_and_divides_only_the_accelerator_parts():
+    table = paired.estimate_grid_hours(_timed_rows(), speedup=4.0, data_seeds=2, seeds=1, k_values=(1, 2),
+                                       ablation_data_seeds=1, blur_data_seeds=1, blur_sigmas=2)
+    stage = table.set_index(["part", "stage"])
+    assert stage.loc[("main grid", "3D model"), "count"] == 2 * 2 * 2  # two 3D models per data set and k
+    assert stage.loc[("main grid", "3D model"), "seconds_each"] == 100.0  # the median: the busy run is left out
+    assert stage.loc[("dense bound", "3D model"), "count"] == 2 and stage.loc[("ablations", "3D model"), "count"] == 5
+    assert stage.loc[("axial blur", "data set"), "count"] == 2 and stage.loc[("main grid", "scoring"), "count"] == 12
+    main = table[table["part"] == "main grid"]
+    # per data set and k: 60 + 40 + 2 x 100 + 20 + 2 x 4 = 328 s of accelerator work, 3 scorings, + 2 data sets
+    seconds = 4 * 328 + 12 * paired._CPU_ONLY_SECONDS["scoring"] + 2 * paired._CPU_ONLY_SECONDS["data set"]
+    assert main["cpu_hours"].sum() == pytest.approx(seconds / 3600)
+    on_gpu = table["on"] == "accelerator"
+    np.testing.assert_allclose(table.loc[on_gpu, "gpu_hours"], table.loc[on_gpu, "cpu_hours"] / 4.0)
+    np.testing.assert_allclose(table.loc[~on_gpu, "gpu_hours"], table.loc[~on_gpu, "cpu_hours"])
+    with pytest.raises(NeurosegInputError, match="'2d' rows"):
+        paired.estimate_grid_hours(_timed_rows().query("method != '2d'"))
+    with pytest.raises(NeurosegInputError, match="speedup"):
+        paired.estimate_grid_hours(_timed_rows(), speedup=0)
+
+
+def _blur_rows(gain_by_sigma, *, data_seeds=(0, 1), seeds=(0,), k=1):
+    """Rows of the three sparse methods per data set, seed and sigma_z: pseudo = sparse + gain, 2d = sparse - 0.1."""
+    rows = []
+    for sigma, gain in gain_by_sigma.items():
+        for data_seed in data_seeds:
+            for seed in seeds:
+                sparse = 0.7 + 0.01 * data_seed
+                cell = {"data_seed": data_seed, "seed": seed, "n_slices": k, "sigma_z_um": sigma}
+                rows += [{**cell, "method": "3d_sparse", "dice": sparse, "surface_dice": sparse},
+                         {**cell, "method": "2d", "dice": sparse - 0.1, "surface_dice": sparse - 0.1},
+                         {**cell, "method": "3d_pseudo", "dice": sparse + gain * (1 + data_seed),
+                          "surface_dice": sparse + gain}]
+    return pd.DataFrame(rows)
+
+
+def test_knob_gains_pair_each_blur_with_its_sparse_and_2d_runs_and_take_the_default_from_the_grid():
+    blur = _blur_rows({1.0: 0.02, 2.5: 0.08})
+    main = _blur_rows({1.7: 0.05}).drop(columns="sigma_z_um")
+    main = pd.concat([main, main.assign(n_slices=2, dice=0.0)], ignore_index=True)  # another k: not paired
+    gains = paired.knob_gains(blur, main, default=1.7)
+    dice = gains[(gains["metric"] == "dice") & (gains["against"] == "3d_sparse")].set_index(
+        ["data_seed", "sigma_z_um"])["gain"]
+    np.testing.assert_allclose(dice.loc[0].to_numpy(), [0.02, 0.05, 0.08])  # sigma 1.0, 1.7 (the grid's), 2.5
+    np.testing.assert_allclose(dice.loc[1].to_numpy(), [0.04, 0.10, 0.16])
+    versus_2d = gains[(gains["metric"] == "surface_dice") & (gains["against"] == "2d")]
+    np.testing.assert_allclose(sorted(set(versus_2d["gain"].round(6))), [0.12, 0.15, 0.18])
+    assert set(gains["n_slices"]) == {1} and (gains["pairs"] == 1).all()
+    # a data set that holds the default sigma itself (its data could not be the grid's) uses its own runs
+    own = pd.concat([blur, _blur_rows({1.7: -0.01}, data_seeds=(1,))], ignore_index=True)
+    dice = paired.knob_gains(own, main, default=1.7).query("metric == 'dice' and against == '3d_sparse'")
+    assert dice.set_index(["data_seed", "sigma_z_um"]).loc[(1, 1.7), "gain"] == pytest.approx(-0.02)
+    with pytest.raises(NeurosegInputError, match="sigma_z_um"):
+        paired.knob_gains(blur.drop(columns="sigma_z_um"), main, default=1.7)
+
+
+def test_an_empty_blur_table_is_read_with_its_columns(tmp_path):
+    grid = paired.load_stored_grid(tmp_path)
+    assert grid.blur.empty and {"sigma_z_um", "data_seed", "machine", "dice"} <= set(grid.blur.columns)
+    assert paired.knob_gains(grid.blur, grid.results, default=1.7).empty
+    _blur_rows({1.0: 0.02}).to_csv(tmp_path / "blur.csv", index=False)
+    assert len(paired.load_stored_grid(tmp_path).blur) == 6

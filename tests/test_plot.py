@@ -444,3 +444,24 @@ def test_plot_learning_curves_and_build_points(closing):
         plot.METHOD_LABELS["2d"], plot.METHOD_LABELS["3d_dense"]]
     assert "this build" in [t.get_text() for t in ax.get_legend().get_texts()]
     assert plot.plot_paired_differences is charts.plot_paired_differences
+
+
+def test_plot_gain_vs_knob_draws_each_data_set_and_their_mean(closing):
+    import pandas as pd
+
+    gains = pd.DataFrame([{"data_seed": d, "sigma_z_um": s, "against": a, "metric": "dice", "gain": g + 0.1 * d}
+                          for d in (0, 1) for a in ("3d_sparse", "2d") for s, g in ((1.0, 0.0), (2.5, 0.04))])
+    fig = plot.plot_gain_vs_knob(gains)
+    closing(fig)
+    assert len(fig.axes) == 2  # one panel per other method
+    ax = fig.axes[0]
+    thin = [ln for ln in ax.lines if ln.get_linewidth() == 1 and ln.get_linestyle() == "-"]
+    assert len(thin) == 2 and np.allclose(thin[1].get_ydata(), [0.1, 0.14])  # one line per data set
+    bold = [ln for ln in ax.lines if ln.get_linewidth() == 2.5]
+    assert len(bold) == 1 and np.allclose(bold[0].get_xdata(), [1.0, 2.5]) and np.allclose(bold[0].get_ydata(),
+                                                                                                [0.05, 0.09])
+    assert plot.plot_gain_vs_knob is charts.plot_gain_vs_knob
+    with pytest.raises(NeurosegInputError, match="knob_gains"):
+        plot.plot_gain_vs_knob(gains.drop(columns="gain"))
+    with pytest.raises(NeurosegInputError, match="surface_dice"):
+        plot.plot_gain_vs_knob(gains, metric="surface_dice")
