@@ -18,14 +18,24 @@ are small and committed, in ``neuroseg_lite/data/paired_grid/`` (package data, s
   the neurons crossed by an annotated plane;
 - ``ablations.csv``: at the sparsest k, on the first data sets, the pseudo-label model with other lambdas, soft
   pseudo-labels, the "global" loss normalisation and the prior-corrected 2D model (same columns as results);
+- ``blur.csv``: one realism knob, the axial blur: at the sparsest k, on the first data sets and the first
+  training seed, the 2D, 3D-sparse and pseudo-label models on the same data set made with other axial PSF
+  sigmas (results columns + ``data_seed``, ``sigma_z_um``, ``machine``; the default sigma's runs are the main
+  grid's, whose data the stage checks to be the very same);
 - ``grid.json``: the command, package and torch versions, machines and times.
 
 It runs k by k (the sparsest first, on every data set), so a grid stopped early has complete pairs at the
-sparsest budgets. Usage (2 CPU cores: about 5 minutes per data seed, training seed and k, plus 2 minutes per
-dense model: about 4.5 hours for the default grid)::
+sparsest budgets; the ablations follow the sparsest k, the axial-blur stage comes last. ``--estimate`` prints
+the hours it takes on 2 CPU cores and on one GPU (:func:`neuroseg_lite.paired.estimate_grid_hours`, from the
+stage times of the stored rows and an assumed GPU factor) and exits. ``--device cuda`` runs the same budgets
+on a GPU (on Colab: clone the repository, install it, pick a GPU runtime); rows record the machine, the GPU's
+name included, and keys do not depend on the device, so a GPU extends the grid (new ``--data-seeds``) rather
+than redoing its rows. Usage::
 
     .venv/bin/python benchmarks/paired_grid.py                      # the default grid
+    .venv/bin/python benchmarks/paired_grid.py --estimate           # its hours, on 2 CPU cores and on a GPU
     .venv/bin/python benchmarks/paired_grid.py --data-seeds 0 1 --threads 1
+    python benchmarks/paired_grid.py --device cuda --data-seeds 8 9 10 11   # on a GPU
 """
 from __future__ import annotations
 
@@ -42,7 +52,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from neuroseg_lite import __version__, experiment, sparse
+from neuroseg_lite import __version__, experiment, paired, sparse, synth
 from neuroseg_lite.cache import atomic_write
 
 OUT = Path(__file__).resolve().parents[1] / "neuroseg_lite" / "data" / "paired_grid"
@@ -51,10 +61,12 @@ PRESET = "sweep_curves"
 LAM = 0.5
 METHODS = ("2d", "3d_sparse", "3d_pseudo", "3d_dense")
 ABLATION_LAMS = [0.25, 1.0]  # besides LAM, in the main grid
+BLUR_METHODS = ("2d", "3d_sparse", "3d_pseudo")
+BLUR_SIGMAS_Z = [1.0, 2.5]  # axial PSF sigmas (um) besides the preset's; 2.5 is the "hard" preset's
 
 
-def machine() -> str:
-    """A short description of this machine's CPU, for the rows it makes."""
+def machine(device: str = "cpu") -> str:
+    """A short description of this machine's CPU (and GPU, when the runs use one), for the rows it makes."""
     model = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -63,7 +75,8 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{model}, {os.cpu_count()} cores"
+    gpu = f", {torch.cuda.get_device_name(torch.device(device))}" if str(device).startswith("cuda") else ""
+    return f"{model}, {os.cpu_count()} cores{gpu}"
 
 
 def write_csv(path: Path, table: pd.DataFrame) -> None:
@@ -100,14 +113,13 @@ def record_done(meta: dict, done: str, *, started: float, runs: int) -> None:
     print(f"{done}: {runs} runs, {time.perf_counter() - started:.0f} s", flush=True)
 
 
-def run_data_set(data_seed: int, *, seeds, k_values, workdir: Path, meta: dict) -> None:
+def run_data_set(data_seed: int, *, seeds, k_values, workdir: Path, meta: dict, device: str = "cpu") -> None:
     data = experiment.synthetic_data(preset=DATA_PRESET, seed=data_seed, n_val=1, workdir=workdir)
     results_file, stored = working_results(data, workdir=workdir, stored_name="results.csv", prefix="paired_grid")
     started = time.perf_counter()
     rows = experiment.sweep(data, n_slices=k_values, seeds=seeds, lams=[LAM], methods=METHODS, preset=PRESET,
-                            workdir=workdir,
-                            results_file=results_file, device="cpu")
-    pipe = experiment.Pipeline(data, preset=PRESET, workdir=workdir, device="cpu", progress=False)
+                            workdir=workdir, results_file=results_file, device=device)
+    pipe = experiment.Pipeline(data, preset=PRESET, workdir=workdir, device=device, progress=False)
     rows = rows.assign(data_seed=data_seed)
     machines = dict(zip(stored.get("key", []), stored.get("machine", [])))
     rows["machine"] = [machines.get(key, meta["this_machine"]) for key in rows["key"]]
@@ -140,13 +152,13 @@ def run_data_set(data_seed: int, *, seeds, k_values, workdir: Path, meta: dict) 
     record_done(meta, f"data seed {data_seed}, k {k_values}", started=started, runs=len(rows))
 
 
-def run_ablations(data_seed: int, *, seeds, k: int, workdir: Path, meta: dict) -> None:
+def run_ablations(data_seed: int, *, seeds, k: int, workdir: Path, meta: dict, device: str = "cpu") -> None:
     """The pseudo-label method's knobs at one k, paired with its default (lambda 0.5, hard, "paper")."""
     data = experiment.synthetic_data(preset=DATA_PRESET, seed=data_seed, n_val=1, workdir=workdir)
     results_file, stored = working_results(data, workdir=workdir, stored_name="ablations.csv",
                                            prefix="paired_grid_ablations")
     started = time.perf_counter()
-    common = {"n_slices": [k], "seeds": seeds, "workdir": workdir, "results_file": results_file, "device": "cpu"}
+    common = {"n_slices": [k], "seeds": seeds, "workdir": workdir, "results_file": results_file, "device": device}
     parts = [
         experiment.sweep(data, lams=ABLATION_LAMS, methods=["3d_pseudo"], preset=PRESET, **common),
         experiment.sweep(data, lams=[LAM], pseudo_modes=["soft"], methods=["3d_pseudo"], preset=PRESET, **common),
@@ -162,6 +174,71 @@ def run_ablations(data_seed: int, *, seeds, k: int, workdir: Path, meta: dict) -
     record_done(meta, f"ablations: data seed {data_seed}, k {k}", started=started, runs=len(rows))
 
 
+def blur_data(data_seed: int, sigma_z: float) -> experiment.Data:
+    """Data set ``data_seed`` of the grid made with the axial PSF sigma ``sigma_z`` (y and x: the preset's)."""
+    default = synth.make_config(DATA_PRESET).psf_sigma_um
+    dataset = synth.make_dataset(n_train=3, seed=data_seed, preset=DATA_PRESET, n_val=1,
+                                 psf_sigma_um=(float(sigma_z), default[1], default[2]))
+    name = f"synth-{DATA_PRESET}-seed{data_seed}-psfz{sigma_z:.1f}".replace(".", "p")
+    return experiment.prepare_data(dataset.train_images, dataset.train_labels, dataset.test_image,
+                                   dataset.test_labels, dataset.spacing, name=name,
+                                   val_image=dataset.val_images[0], val_labels=dataset.val_labels[0])
+
+
+def same_data(made: experiment.Data, stored: experiment.Data) -> bool:
+    """Whether two data sets hold the very same volumes, labels and spacing (their content digests)."""
+    return all(getattr(made, d) == getattr(stored, d) for d in ("train_digest", "test_digest", "val_digest"))
+
+
+def run_blur(data_seed: int, *, sigmas_z, seeds, k: int, workdir: Path, meta: dict, device: str = "cpu") -> None:
+    """The sparse methods at one k on data set ``data_seed`` made with each axial blur in ``sigmas_z``.
+
+    The preset's own sigma is the main grid's cell when this code path makes the main grid's data exactly
+    (checked by content digest); otherwise it is run here too.
+    """
+    default = synth.make_config(DATA_PRESET).psf_sigma_um[0]
+    main = experiment.synthetic_data(preset=DATA_PRESET, seed=data_seed, n_val=1, workdir=workdir)
+    pipe = experiment.Pipeline(main, preset=PRESET, workdir=workdir, device=device, progress=False)
+    cell = experiment.grid(methods=BLUR_METHODS, n_slices=[k], seeds=seeds, lams=[LAM])
+    done = set(read(OUT / "results.csv").get("key", []))
+    # the main grid's cell stands for the default sigma only if its data is exactly this path's and it is done
+    identical = same_data(blur_data(data_seed, default), main) and all(pipe.row_key(run) in done for run in cell)
+    meta.setdefault("blur", {}).update(default_sigma_z_um=default, methods=list(BLUR_METHODS), k=k)
+    meta["blur"].setdefault("default_is_main_grid", {})[str(data_seed)] = identical
+    started, parts = time.perf_counter(), []
+    for sigma_z in sorted({float(s) for s in sigmas_z} | (set() if identical else {default})):
+        data = blur_data(data_seed, sigma_z)
+        results_file, stored = working_results(data, workdir=workdir, stored_name="blur.csv",
+                                               prefix="paired_grid_blur")
+        rows = experiment.sweep(data, n_slices=[k], seeds=seeds, lams=[LAM], methods=BLUR_METHODS, preset=PRESET,
+                                workdir=workdir, results_file=results_file, device=device)
+        machines = dict(zip(stored.get("key", []), stored.get("machine", [])))
+        rows = rows.assign(data_seed=data_seed, sigma_z_um=sigma_z,
+                           machine=[machines.get(key, meta["this_machine"]) for key in rows["key"]])
+        parts.append(rows)
+    rows = pd.concat(parts, ignore_index=True)
+    write_csv(OUT / "blur.csv", merged(OUT / "blur.csv", rows, ["key"]))
+    record_done(meta, f"axial blur: data seed {data_seed}, k {k}, sigma_z {sorted(set(rows['sigma_z_um']))}",
+                started=started, runs=len(rows))
+
+
+def print_estimate(args) -> None:
+    """The grid's hours on 2 CPU cores and on one GPU as one JSON object (trains nothing)."""
+    results = paired.load_stored_grid(OUT).results
+    table = paired.estimate_grid_hours(results, speedup=args.speedup, data_seeds=len(args.data_seeds),
+                                       seeds=len(args.seeds), k_values=args.k,
+                                       ablation_data_seeds=len(args.ablation_data_seeds),
+                                       blur_data_seeds=len(args.blur_data_seeds), blur_seeds=len(args.blur_seeds),
+                                       blur_sigmas=len(args.blur_sigmas_z))
+    parts = table.groupby("part", sort=False)[["cpu_hours", "gpu_hours"]].sum().round(2)
+    print(json.dumps({"cpu_hours": round(float(table["cpu_hours"].sum()), 2),
+                      "gpu_hours": round(float(table["gpu_hours"].sum()), 2),
+                      "gpu_speedup": args.speedup,
+                      "gpu_speedup_is": "assumed" if args.speedup == paired.ASSUMED_GPU_SPEEDUP else "given",
+                      "parts": parts.to_dict("index"), "from_rows": len(results),
+                      "cpu": "2 cores, the stored rows' median stage times"}, indent=2))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-seeds", type=int, nargs="+", default=list(range(8)))
@@ -170,8 +247,21 @@ def main(argv=None) -> None:
     parser.add_argument("--workdir", type=Path, default=Path("neuroseg_work"))
     parser.add_argument("--ablation-data-seeds", type=int, nargs="*", default=[0, 1, 2],
                         help="data sets of the ablations (at the sparsest k, after its main grid)")
+    parser.add_argument("--blur-data-seeds", type=int, nargs="*", default=[0, 1, 2],
+                        help="data sets of the axial-blur stage (at the sparsest k, after everything else)")
+    parser.add_argument("--blur-seeds", type=int, nargs="+", default=[0], help="training seeds of the blur stage")
+    parser.add_argument("--blur-sigmas-z", type=float, nargs="+", default=BLUR_SIGMAS_Z,
+                        help="axial PSF sigmas in um, besides the preset's")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help='"cpu", or "cuda" for the same budgets on a GPU')
+    parser.add_argument("--estimate", action="store_true",
+                        help="print the grid's hours on 2 CPU cores and on one GPU as JSON and exit")
+    parser.add_argument("--speedup", type=float, default=paired.ASSUMED_GPU_SPEEDUP,
+                        help="GPU over 2 CPU cores, for --estimate (default: the assumed factor)")
     args = parser.parse_args(argv)
+    if args.estimate:
+        print_estimate(args)
+        return
     torch.set_num_threads(args.threads)
     OUT.mkdir(parents=True, exist_ok=True)
     meta_file = OUT / "grid.json"
@@ -179,17 +269,21 @@ def main(argv=None) -> None:
     meta.update(command="python benchmarks/paired_grid.py " + " ".join(sys.argv[1:] if argv is None else argv),
                 data_preset=DATA_PRESET, preset=PRESET, lam=LAM, seeds=args.seeds, k_values=args.k,
                 data_seeds=args.data_seeds, package=__version__, torch=torch.__version__,
-                numpy=np.__version__, threads=args.threads, this_machine=machine())
+                numpy=np.__version__, threads=args.threads, device=args.device, this_machine=machine(args.device))
     meta.setdefault("machines", [])
     if meta["this_machine"] not in meta["machines"]:
         meta["machines"].append(meta["this_machine"])
     # the sparsest k on every data set first: a grid stopped early has its most important column complete
+    common = {"workdir": args.workdir, "meta": meta, "device": args.device}
     for k in args.k:
         for data_seed in args.data_seeds:
-            run_data_set(data_seed, seeds=args.seeds, k_values=[k], workdir=args.workdir, meta=meta)
+            run_data_set(data_seed, seeds=args.seeds, k_values=[k], **common)
         if k == min(args.k):
             for data_seed in args.ablation_data_seeds:
-                run_ablations(data_seed, seeds=args.seeds, k=k, workdir=args.workdir, meta=meta)
+                run_ablations(data_seed, seeds=args.seeds, k=k, **common)
+    # last, so that it delays neither the main grid nor the ablations
+    for data_seed in args.blur_data_seeds:
+        run_blur(data_seed, sigmas_z=args.blur_sigmas_z, seeds=args.blur_seeds, k=min(args.k), **common)
 
 
 if __name__ == "__main__":
