@@ -16,12 +16,42 @@ from pathlib import Path
 
 import pandas as pd
 
+from neuroseg_lite import datasets
 from neuroseg_lite._checks import NeurosegInputError
+from neuroseg_lite.experiment_data import Data, prepare_data
 
-__all__ = ["TOLERANCE", "budget_table", "choose_budget", "pair_differences", "RealDataGrid", "load_qcanet_grid"]
+__all__ = ["TOLERANCE", "QCANET_FOLDS", "qcanet_fold", "budget_table", "choose_budget", "pair_differences",
+           "RealDataGrid", "load_qcanet_grid"]
 
 #: Largest shortfall of a budget's mean dense Dice below the longest budget's for it to count as converged.
 TOLERANCE = 0.01
+
+#: The two folds of the QCANet embryos, by data name: (training stack, test stack).
+QCANET_FOLDS = {"qcanet-8to16": ("8_cell_stage", "16_cell_stage"),
+                "qcanet-16to8": ("16_cell_stage", "8_cell_stage")}
+
+
+def qcanet_fold(fold: str = "qcanet-8to16", *, download: bool = True) -> Data:
+    """One fold of the QCANet embryos, ready for :class:`~neuroseg_lite.experiment.Pipeline`.
+
+    Parameters
+    ----------
+    fold : {"qcanet-8to16", "qcanet-16to8"}
+        Train on the first stack of :data:`QCANET_FOLDS`, test on the second; also the data's name.
+    download : bool
+        See :func:`neuroseg_lite.datasets.fetch_qcanet`.
+
+    Returns
+    -------
+    Data
+        One training volume of shape (Z, Y, X), the test volume, spacing in relative units (z, y, x).
+    """
+    if fold not in QCANET_FOLDS:
+        raise NeurosegInputError(f"unknown fold {fold!r}; choose one of {sorted(QCANET_FOLDS)}.")
+    train_name, test_name = QCANET_FOLDS[fold]
+    train_image, train_labels, spacing = datasets.load_qcanet(train_name, download=download)
+    test_image, test_labels, _ = datasets.load_qcanet(test_name, download=download)
+    return prepare_data([train_image], [train_labels], test_image, test_labels, spacing, name=fold)
 
 
 def budget_table(calibration: pd.DataFrame, *, group: str = "fold", budget: str = "steps_3d",
@@ -148,11 +178,11 @@ class RealDataGrid:
 
     @property
     def coverage(self) -> pd.DataFrame:
-        """Runs per fold, k and method (the dense bound has no k: shown as k = 0)."""
+        """Runs per fold, k and method (the dense bound under its number of planes)."""
         if not len(self.results):
             return pd.DataFrame()
-        rows = self.results.assign(n_slices=self.results["n_slices"].fillna(0).astype(int))
-        return rows.pivot_table(index=["fold", "n_slices"], columns="method", values="seed", aggfunc="count")
+        return self.results.pivot_table(index=["fold", "n_slices"], columns="method", values="seed",
+                                        aggfunc="count")
 
 
 def load_qcanet_grid(folder=None) -> RealDataGrid:

@@ -97,9 +97,19 @@ def test_load_qcanet_grid_reads_the_tables_and_tolerates_absence(tmp_path):
     assert empty.results.empty and empty.calibration.empty and empty.meta == {}
     assert empty.chosen_budget is None and empty.coverage.empty
     _calibration(_rows()).to_csv(tmp_path / "calibration.csv", index=False)
-    pd.DataFrame({"fold": FOLDS[0], "method": ["2d", "3d_dense"], "n_slices": [1, np.nan], "seed": 0,
+    pd.DataFrame({"fold": FOLDS[0], "method": ["2d", "3d_dense"], "n_slices": [1, 51], "seed": 0,
                   "dice": [0.7, 0.9], "key": ["a", "b"]}).to_csv(tmp_path / "results.csv", index=False)
     (tmp_path / "grid.json").write_text(json.dumps({"chosen_steps_3d": 800}))
     grid = calibration.load_qcanet_grid(tmp_path)
     assert grid.chosen_budget == 800 == grid.meta["chosen_steps_3d"]
-    assert grid.coverage.loc[(FOLDS[0], 0), "3d_dense"] == 1
+    assert grid.coverage.loc[(FOLDS[0], 51), "3d_dense"] == 1
+
+
+def test_qcanet_fold_trains_on_one_embryo_and_tests_on_the_other():
+    one, other = (calibration.qcanet_fold(fold) for fold in FOLDS)
+    assert (one.name, other.name) == FOLDS
+    assert len(one.train_images) == 1 and one.train_images[0].shape == one.test_image.shape
+    np.testing.assert_array_equal(one.train_images[0], other.test_image)
+    np.testing.assert_array_equal(one.test_labels, other.train_labels[0])
+    with pytest.raises(NeurosegInputError, match="unknown fold"):
+        calibration.qcanet_fold("qcanet-8to8")

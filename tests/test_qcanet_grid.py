@@ -24,14 +24,16 @@ def script(tmp_path, monkeypatch):
 
 def test_calibration_stage_runs_resumes_and_stores_its_rows(script, tmp_path, capsys):
     workdir = tmp_path / "work"
-    options = ["--stages", "calibrate", "--steps", "4", "8", "--seeds", "0", "--workdir", str(workdir),
-               "--threads", "1"]
+    options = ["--stages", "calibrate", "--steps", "4", "8", "--calibration-seeds", "0", "--workdir",
+               str(workdir), "--threads", "1"]
     script.main(options)
     table = pd.read_csv(script.OUT / "calibration.csv")
-    # 2 folds x 2 candidates x (dense + sparse) x 1 seed
-    assert len(table) == 8
-    assert set(table["fold"]) == set(script.FOLDS) and set(table["steps_3d"]) == {4, 8}
-    assert set(table["method"]) == {"3d_dense", "3d_sparse"}
+    # dense: 2 folds x 2 candidates x 1 seed; sparse from the cheapest candidate up to the first that passes
+    dense, sparse = table[table["method"] == "3d_dense"], table[table["method"] == "3d_sparse"]
+    assert len(dense) == 4 and set(dense["steps_3d"]) == {4, 8} and set(table["fold"]) == set(script.FOLDS)
+    passes_at_4 = calibration.budget_table(table).xs(4, level="steps_3d")["passes"].all()
+    assert set(sparse["steps_3d"]) == ({4} if passes_at_4 else {4, 8})
+    assert len(sparse) == 2 * sparse["steps_3d"].nunique()
     meta = json.loads((script.OUT / "grid.json").read_text())
     assert meta["chosen_steps_3d"] == calibration.choose_budget(table)
     # a second call (a new machine: empty working folder) takes the committed rows as done
