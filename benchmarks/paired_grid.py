@@ -54,6 +54,7 @@ import torch
 
 from neuroseg_lite import __version__, experiment, paired, sparse, synth
 from neuroseg_lite.cache import atomic_write
+from neuroseg_lite.utils import select_device
 
 OUT = Path(__file__).resolve().parents[1] / "neuroseg_lite" / "data" / "paired_grid"
 DATA_PRESET = "tall"
@@ -262,6 +263,7 @@ def main(argv=None) -> None:
     if args.estimate:
         print_estimate(args)
         return
+    args.device = str(select_device(args.device))  # a clear error at once when "cuda" is asked for and missing
     torch.set_num_threads(args.threads)
     OUT.mkdir(parents=True, exist_ok=True)
     meta_file = OUT / "grid.json"
