@@ -77,7 +77,8 @@ def budget_table(calibration: pd.DataFrame, *, group: str = "fold", budget: str 
     Examples
     --------
     >>> rows = pd.DataFrame({"fold": "a", "steps_3d": [400, 400, 800, 800], "seed": 0,
-    ...                      "method": ["3d_dense", "3d_sparse"] * 2, "dice": [0.80, 0.85, 0.90, 0.86]})
+    ...                      "method": ["3d_dense", "3d_sparse"] * 2,
+    ...                      "dice": [0.80, 0.85, 0.90, 0.86]})
     >>> budget_table(rows)["passes"].tolist()
     [False, True]
     """
