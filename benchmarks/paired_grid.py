@@ -40,10 +40,7 @@ than redoing its rows. Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -52,8 +49,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from neuroseg_lite import __version__, experiment, paired, sparse, synth
-from neuroseg_lite.cache import atomic_write
+from neuroseg_lite import __version__, experiment, gridtables, paired, sparse, synth
 from neuroseg_lite.utils import select_device
 
 OUT = Path(__file__).resolve().parents[1] / "neuroseg_lite" / "data" / "paired_grid"
@@ -66,52 +62,19 @@ BLUR_METHODS = ("2d", "3d_sparse", "3d_pseudo")
 BLUR_SIGMAS_Z = [1.0, 2.5]  # axial PSF sigmas (um) besides the preset's; 2.5 is the "hard" preset's
 
 
-def machine(device: str = "cpu") -> str:
-    """A short description of this machine's CPU (and GPU, when the runs use one), for the rows it makes."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", {torch.cuda.get_device_name(torch.device(device))}" if str(device).startswith("cuda") else ""
-    return f"{model}, {os.cpu_count()} cores{gpu}"
-
-
-def write_csv(path: Path, table: pd.DataFrame) -> None:
-    atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
-
-
-def read(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path) if path.exists() else pd.DataFrame()
-
-
-def merged(path: Path, new: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """The table at ``path`` with ``new``'s rows added (rows with the same ``keys`` are replaced)."""
-    old = read(path)
-    table = pd.concat([old, new], ignore_index=True) if len(old) else new
-    return table.drop_duplicates(subset=keys, keep="last").reset_index(drop=True)
-
-
 def working_results(data, *, workdir: Path, stored_name: str, prefix: str) -> tuple[Path, pd.DataFrame]:
-    """The sweep's results file in the working folder, seeded from the committed table on a new machine."""
+    """The sweep's results file in the working folder (seeded from the committed table on a new machine)."""
     results_file = workdir / "results" / f"{prefix}_{data.name}.csv"
-    stored = read(OUT / stored_name)
-    if not results_file.exists() and len(stored):
-        # a new machine: the committed rows are done (their keys say so), only their models are not here
-        results_file.parent.mkdir(parents=True, exist_ok=True)
-        write_csv(results_file, stored[stored["data"] == data.name])
+    stored = gridtables.read_table(OUT / stored_name)
+    gridtables.seed_working_file(results_file, stored, data_name=data.name)
     return results_file, stored
 
 
-def record_done(meta: dict, done: str, *, started: float, runs: int) -> None:
-    meta["done"][done] = {"seconds_this_session": round(time.perf_counter() - started, 1),
-                          "finished": datetime.datetime.now().isoformat(timespec="seconds")}
-    meta["updated"] = meta["done"][done]["finished"]
-    atomic_write(OUT / "grid.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
-    print(f"{done}: {runs} runs, {time.perf_counter() - started:.0f} s", flush=True)
+def record_done(meta: dict, done: str, *, started: float, rows: pd.DataFrame, stored: pd.DataFrame) -> None:
+    seconds = time.perf_counter() - started
+    new_runs = int((~rows["key"].isin(stored.get("key", pd.Series(dtype=str)))).sum())
+    gridtables.record_stage(meta, OUT / "grid.json", done, seconds=seconds, new_runs=new_runs, runs=len(rows))
+    print(f"{done}: {len(rows)} runs ({new_runs} new), {seconds:.0f} s", flush=True)
 
 
 def run_data_set(data_seed: int, *, seeds, k_values, workdir: Path, meta: dict, device: str = "cpu") -> None:
@@ -122,20 +85,20 @@ def run_data_set(data_seed: int, *, seeds, k_values, workdir: Path, meta: dict, 
                             workdir=workdir, results_file=results_file, device=device)
     pipe = experiment.Pipeline(data, preset=PRESET, workdir=workdir, device=device, progress=False)
     rows = rows.assign(data_seed=data_seed)
-    machines = dict(zip(stored.get("key", []), stored.get("machine", [])))
-    rows["machine"] = [machines.get(key, meta["this_machine"]) for key in rows["key"]]
-    write_csv(OUT / "results.csv", merged(OUT / "results.csv", rows, ["key"]))
+    rows["machine"] = gridtables.machines_of(rows["key"], stored, meta["this_machine"])
+    gridtables.merge_into(OUT / "results.csv", rows, ["key"])
 
     # curves and pseudo-label scores of committed rows are committed too (recomputing them would retrain)
-    have_curves = set(read(OUT / "curves.csv").get("key", []))
+    have_curves = set(gridtables.read_table(OUT / "curves.csv").get("key", []))
     runs = experiment.grid(methods=METHODS, n_slices=k_values, seeds=seeds, lams=[LAM])
     curves = [pipe.learning_curve(run) for run in runs
               if run.spec.network == "unet3d" and pipe.row_key(run) not in have_curves]
     if curves:
         curves = pd.concat(curves, ignore_index=True).assign(data_seed=data_seed)
-        write_csv(OUT / "curves.csv", merged(OUT / "curves.csv", curves, ["key", "step"]))
+        gridtables.merge_into(OUT / "curves.csv", curves, ["key", "step"])
 
-    have_pseudo = {(row["data"], row["n_slices"], row["seed"]) for row in read(OUT / "pseudo.csv").to_dict("records")}
+    have_pseudo = {(row["data"], row["n_slices"], row["seed"])
+                   for row in gridtables.read_table(OUT / "pseudo.csv").to_dict("records")}
     quality = []
     for k in k_values:
         crossed = [sparse.objects_crossed(labels, annotation)
@@ -149,8 +112,8 @@ def run_data_set(data_seed: int, *, seeds, k_values, workdir: Path, meta: dict, 
                             "neurons_crossed": sum(c for c, _ in crossed), "neurons": sum(n for _, n in crossed),
                             **{f"pseudo_{name}": scores[name] for name in ("dice", "precision", "recall")}})
     if quality:
-        write_csv(OUT / "pseudo.csv", merged(OUT / "pseudo.csv", pd.DataFrame(quality), ["data", "n_slices", "seed"]))
-    record_done(meta, f"data seed {data_seed}, k {k_values}", started=started, runs=len(rows))
+        gridtables.merge_into(OUT / "pseudo.csv", pd.DataFrame(quality), ["data", "n_slices", "seed"])
+    record_done(meta, f"data seed {data_seed}, k {k_values}", started=started, rows=rows, stored=stored)
 
 
 def run_ablations(data_seed: int, *, seeds, k: int, workdir: Path, meta: dict, device: str = "cpu") -> None:
@@ -169,10 +132,9 @@ def run_ablations(data_seed: int, *, seeds, k: int, workdir: Path, meta: dict, d
                          preset=experiment.preset_variant(PRESET, prior_correction=True), **common),
     ]
     rows = pd.concat(parts, ignore_index=True).drop_duplicates("key").assign(data_seed=data_seed)
-    machines = dict(zip(stored.get("key", []), stored.get("machine", [])))
-    rows["machine"] = [machines.get(key, meta["this_machine"]) for key in rows["key"]]
-    write_csv(OUT / "ablations.csv", merged(OUT / "ablations.csv", rows, ["key"]))
-    record_done(meta, f"ablations: data seed {data_seed}, k {k}", started=started, runs=len(rows))
+    rows["machine"] = gridtables.machines_of(rows["key"], stored, meta["this_machine"])
+    gridtables.merge_into(OUT / "ablations.csv", rows, ["key"])
+    record_done(meta, f"ablations: data seed {data_seed}, k {k}", started=started, rows=rows, stored=stored)
 
 
 def blur_data(data_seed: int, sigma_z: float) -> experiment.Data:
@@ -201,26 +163,26 @@ def run_blur(data_seed: int, *, sigmas_z, seeds, k: int, workdir: Path, meta: di
     main = experiment.synthetic_data(preset=DATA_PRESET, seed=data_seed, n_val=1, workdir=workdir)
     pipe = experiment.Pipeline(main, preset=PRESET, workdir=workdir, device=device, progress=False)
     cell = experiment.grid(methods=BLUR_METHODS, n_slices=[k], seeds=seeds, lams=[LAM])
-    done = set(read(OUT / "results.csv").get("key", []))
+    done = set(gridtables.read_table(OUT / "results.csv").get("key", []))
     # the main grid's cell stands for the default sigma only if its data is exactly this path's and it is done
     identical = same_data(blur_data(data_seed, default), main) and all(pipe.row_key(run) in done for run in cell)
     meta.setdefault("blur", {}).update(default_sigma_z_um=default, methods=list(BLUR_METHODS), k=k)
     meta["blur"].setdefault("default_is_main_grid", {})[str(data_seed)] = identical
     started, parts = time.perf_counter(), []
+    stored_before = gridtables.read_table(OUT / "blur.csv")
     for sigma_z in sorted({float(s) for s in sigmas_z} | (set() if identical else {default})):
         data = blur_data(data_seed, sigma_z)
         results_file, stored = working_results(data, workdir=workdir, stored_name="blur.csv",
                                                prefix="paired_grid_blur")
         rows = experiment.sweep(data, n_slices=[k], seeds=seeds, lams=[LAM], methods=BLUR_METHODS, preset=PRESET,
                                 workdir=workdir, results_file=results_file, device=device)
-        machines = dict(zip(stored.get("key", []), stored.get("machine", [])))
         rows = rows.assign(data_seed=data_seed, sigma_z_um=sigma_z,
-                           machine=[machines.get(key, meta["this_machine"]) for key in rows["key"]])
+                           machine=gridtables.machines_of(rows["key"], stored, meta["this_machine"]))
         parts.append(rows)
     rows = pd.concat(parts, ignore_index=True)
-    write_csv(OUT / "blur.csv", merged(OUT / "blur.csv", rows, ["key"]))
+    gridtables.merge_into(OUT / "blur.csv", rows, ["key"])
     record_done(meta, f"axial blur: data seed {data_seed}, k {k}, sigma_z {sorted(set(rows['sigma_z_um']))}",
-                started=started, runs=len(rows))
+                started=started, rows=rows, stored=stored_before)
 
 
 def print_estimate(args) -> None:
@@ -271,7 +233,8 @@ def main(argv=None) -> None:
     meta.update(command="python benchmarks/paired_grid.py " + " ".join(sys.argv[1:] if argv is None else argv),
                 data_preset=DATA_PRESET, preset=PRESET, lam=LAM, seeds=args.seeds, k_values=args.k,
                 data_seeds=args.data_seeds, package=__version__, torch=torch.__version__,
-                numpy=np.__version__, threads=args.threads, device=args.device, this_machine=machine(args.device))
+                numpy=np.__version__, threads=args.threads, device=args.device,
+                this_machine=gridtables.describe_machine(args.device))
     meta.setdefault("machines", [])
     if meta["this_machine"] not in meta["machines"]:
         meta["machines"].append(meta["this_machine"])

@@ -33,10 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -45,8 +42,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from neuroseg_lite import __version__, calibration, experiment, runs
-from neuroseg_lite.cache import atomic_write
+from neuroseg_lite import __version__, calibration, experiment, gridtables, runs
 
 OUT = Path(__file__).resolve().parents[1] / "neuroseg_lite" / "data" / "qcanet_grid"
 FOLDS = calibration.QCANET_FOLDS
@@ -57,19 +53,6 @@ K_VALUES = (1, 3)
 LAM = 0.5
 
 
-def machine() -> str:
-    """A short description of this machine's CPU (and GPU, when one is used), for the rows it makes."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores"
-
-
 def candidate_preset(steps: int) -> runs.ExperimentPreset:
     """The "sweep" preset with ``steps`` 3D training steps (the one knob calibrated here)."""
     base = runs.resolve_preset(BASE_PRESET)
@@ -77,41 +60,30 @@ def candidate_preset(steps: int) -> runs.ExperimentPreset:
                                overrides_3d={**base.overrides_3d, "steps": steps})
 
 
-def read(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path) if path.exists() else pd.DataFrame()
-
-
 def store(name: str, rows: pd.DataFrame) -> None:
     """Add ``rows`` to the committed table ``name`` (rows with the same key and candidate are replaced)."""
-    path = OUT / name
-    old = read(path)
-    table = pd.concat([old, rows], ignore_index=True) if len(old) else rows
-    keys = ["key", "candidate"] if "candidate" in table else ["key"]
-    table = table.drop_duplicates(subset=keys, keep="last").reset_index(drop=True)
-    atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
+    gridtables.merge_into(OUT / name, rows, ["key", "candidate"] if "candidate" in rows else ["key"])
 
 
-def run_sweep(data, *, stored_name: str, workdir: Path, meta: dict, **sweep_options) -> pd.DataFrame:
-    """``experiment.sweep`` whose working results file starts from the committed rows (a new machine)."""
+def run_sweep(data, *, stored_name: str, workdir: Path, meta: dict, **sweep_options) -> tuple[pd.DataFrame, int]:
+    """``experiment.sweep`` whose working results file starts from the committed rows (a new machine).
+
+    Returns the rows (with ``fold`` and ``machine``) and how many of them are not in the committed table.
+    """
     results_file = workdir / "results" / f"qcanet_{Path(stored_name).stem}_{data.name}.csv"
-    stored = read(OUT / stored_name)
-    if not results_file.exists() and len(stored):
-        results_file.parent.mkdir(parents=True, exist_ok=True)
-        mine = stored[stored["data"] == data.name].drop(columns=["fold", "candidate", "steps_3d", "machine"],
-                                                        errors="ignore").drop_duplicates("key")
-        atomic_write(results_file, lambda tmp: mine.to_csv(tmp, index=False))
+    stored = gridtables.read_table(OUT / stored_name)
+    gridtables.seed_working_file(results_file, stored, data_name=data.name,
+                                 drop=["fold", "candidate", "steps_3d", "machine"])
     table = experiment.sweep(data, workdir=workdir, results_file=results_file, **sweep_options)
-    machines = dict(zip(stored.get("key", []), stored.get("machine", [])))
-    return table.assign(fold=data.name,
-                        machine=[machines.get(key, meta["this_machine"]) for key in table["key"]])
+    new_runs = int((~table["key"].isin(stored.get("key", pd.Series(dtype=str)))).sum())
+    machines = gridtables.machines_of(table["key"], stored, meta["this_machine"])
+    return table.assign(fold=data.name, machine=machines), new_runs
 
 
-def record_done(meta: dict, done: str, *, started: float, runs_made: int) -> None:
-    meta["done"][done] = {"seconds_this_session": round(time.perf_counter() - started, 1),
-                          "finished": datetime.datetime.now().isoformat(timespec="seconds")}
-    meta["updated"] = meta["done"][done]["finished"]
-    atomic_write(OUT / "grid.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
-    print(f"{done}: {runs_made} runs, {time.perf_counter() - started:.0f} s", flush=True)
+def record_done(meta: dict, done: str, *, started: float, runs_made: int, new_runs: int) -> None:
+    seconds = time.perf_counter() - started
+    gridtables.record_stage(meta, OUT / "grid.json", done, seconds=seconds, new_runs=new_runs, runs=runs_made)
+    print(f"{done}: {runs_made} runs ({new_runs} new), {seconds:.0f} s", flush=True)
 
 
 def calibrate(*, seeds, steps_list, workdir: Path, meta: dict, device: str) -> int:
@@ -126,12 +98,15 @@ def calibrate(*, seeds, steps_list, workdir: Path, meta: dict, device: str) -> i
     def run(method: str, steps: int) -> None:
         started = time.perf_counter()
         preset = candidate_preset(steps)
+        new_runs = 0
         for fold_data in data.values():
-            rows = run_sweep(fold_data, stored_name="calibration.csv", workdir=workdir, meta=meta,
-                             n_slices=[CALIBRATION_K], seeds=seeds, lams=[LAM], methods=[method], preset=preset,
-                             device=device)
+            rows, new = run_sweep(fold_data, stored_name="calibration.csv", workdir=workdir, meta=meta,
+                                  n_slices=[CALIBRATION_K], seeds=seeds, lams=[LAM], methods=[method],
+                                  preset=preset, device=device)
             store("calibration.csv", rows.assign(candidate=preset.name, steps_3d=steps))
-        record_done(meta, f"calibration: {method}, {steps} steps", started=started, runs_made=len(FOLDS) * len(seeds))
+            new_runs += new
+        record_done(meta, f"calibration: {method}, {steps} steps", started=started,
+                    runs_made=len(FOLDS) * len(seeds), new_runs=new_runs)
 
     for steps in steps_list:
         run("3d_dense", steps)
@@ -144,7 +119,7 @@ def calibrate(*, seeds, steps_list, workdir: Path, meta: dict, device: str) -> i
             break
     chosen = calibration.choose_budget(pd.read_csv(OUT / "calibration.csv"))
     meta["chosen_steps_3d"] = chosen
-    atomic_write(OUT / "grid.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
+    gridtables.write_meta(OUT / "grid.json", meta)
     print(json.dumps({"chosen_steps_3d": chosen}), flush=True)
     return chosen
 
@@ -157,10 +132,11 @@ def run_grid(*, seeds, workdir: Path, meta: dict, device: str) -> None:
                          f"{BASE_PRESET!r} otherwise); it is {preset}. Run the calibrate stage, then set it.")
     for fold in FOLDS:
         started = time.perf_counter()
-        rows = run_sweep(calibration.qcanet_fold(fold), stored_name="results.csv", workdir=workdir, meta=meta,
-                         n_slices=list(K_VALUES), seeds=seeds, lams=[LAM], preset="qcanet", device=device)
+        rows, new_runs = run_sweep(calibration.qcanet_fold(fold), stored_name="results.csv", workdir=workdir,
+                                   meta=meta, n_slices=list(K_VALUES), seeds=seeds, lams=[LAM], preset="qcanet",
+                                   device=device)
         store("results.csv", rows)
-        record_done(meta, f"grid: {fold}", started=started, runs_made=len(rows))
+        record_done(meta, f"grid: {fold}", started=started, runs_made=len(rows), new_runs=new_runs)
 
 
 def main(argv=None) -> None:
@@ -179,9 +155,7 @@ def main(argv=None) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     meta_file = OUT / "grid.json"
     meta = json.loads(meta_file.read_text()) if meta_file.exists() else {"done": {}}
-    this_machine = machine()
-    if args.device.startswith("cuda") and torch.cuda.is_available():
-        this_machine += f", {torch.cuda.get_device_name()}"
+    this_machine = gridtables.describe_machine(args.device)
     meta.update(command="python benchmarks/qcanet_grid.py " + " ".join(sys.argv[1:] if argv is None else argv),
                 base_preset=BASE_PRESET, candidate_steps=args.steps, calibration_k=CALIBRATION_K,
                 k_values=list(K_VALUES), lam=LAM, seeds=args.seeds, package=__version__,

@@ -1,0 +1,122 @@
+"""The committed results tables of long, resumable experiment grids, and their record of machines and times.
+
+Introduced in chapter 7 (``07_sparsity_sweep``) with ``benchmarks/paired_grid.py``; chapter 8's
+``benchmarks/qcanet_grid.py`` keeps its tables the same way. A grid runs for hours, across sessions and
+machines: every finished run is a row in a working results file (``experiment.sweep`` skips rows it already
+has), finished stages are merged into small committed tables, and a ``grid.json`` records the command, the
+versions, the machines and each stage's time. On a new machine the working file starts from the committed
+rows, so nothing committed is run again.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+from pathlib import Path
+
+import pandas as pd
+
+from neuroseg_lite.cache import atomic_write
+
+__all__ = ["describe_machine", "read_table", "write_table", "merge_into", "seed_working_file", "machines_of",
+           "record_stage", "write_meta"]
+
+
+def describe_machine(device: str = "cpu") -> str:
+    """This machine's CPU model and core count, and the GPU's name when ``device`` is a CUDA device."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = ""
+    if str(device).startswith("cuda"):
+        import torch
+
+        gpu = f", {torch.cuda.get_device_name(torch.device(device))}"
+    return f"{model}, {os.cpu_count()} cores{gpu}"
+
+
+def read_table(path) -> pd.DataFrame:
+    """The CSV table at ``path``, or an empty table when there is none yet."""
+    path = Path(path)
+    return pd.read_csv(path) if path.exists() else pd.DataFrame()
+
+
+def write_table(path, table: pd.DataFrame) -> None:
+    """Write ``table`` to ``path`` atomically (an interrupted write leaves the old table)."""
+    atomic_write(Path(path), lambda tmp: table.to_csv(tmp, index=False))
+
+
+def merge_into(path, new: pd.DataFrame, keys) -> pd.DataFrame:
+    """Add ``new``'s rows to the table at ``path`` (rows with equal ``keys`` are replaced) and return it.
+
+    Examples
+    --------
+    >>> write_table("t.csv", pd.DataFrame({"key": ["a", "b"], "dice": [0.5, 0.6]}))
+    >>> merge_into("t.csv", pd.DataFrame({"key": ["b", "c"], "dice": [0.7, 0.8]}), ["key"])
+      key  dice
+    0   a   0.5
+    1   b   0.7
+    2   c   0.8
+    """
+    old = read_table(path)
+    table = pd.concat([old, new], ignore_index=True) if len(old) else new
+    table = table.drop_duplicates(subset=list(keys), keep="last").reset_index(drop=True)
+    write_table(path, table)
+    return table
+
+
+def seed_working_file(results_file, stored: pd.DataFrame, *, data_name: str, drop=()) -> None:
+    """Start a missing working results file from the committed rows of ``data_name``.
+
+    On a new machine the committed rows are done (their keys say so); only their models are not here.
+    ``drop`` names columns the committed table adds to ``experiment.sweep``'s (e.g. ``"machine"``).
+    """
+    results_file = Path(results_file)
+    if results_file.exists() or not len(stored):
+        return
+    mine = stored[stored["data"] == data_name].drop(columns=list(drop), errors="ignore").drop_duplicates("key")
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    write_table(results_file, mine)
+
+
+def machines_of(keys, stored: pd.DataFrame, this_machine: str) -> list[str]:
+    """The machine of each row key: the committed row's where there is one, else this machine."""
+    known = dict(zip(stored.get("key", []), stored.get("machine", [])))
+    return [known.get(key, this_machine) for key in keys]
+
+
+def write_meta(path, meta: dict) -> None:
+    """Write a grid's ``grid.json`` atomically."""
+    atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
+
+
+def record_stage(meta: dict, path, stage: str, *, seconds: float, new_runs: int, runs: int) -> None:
+    """Record a finished stage in ``meta["done"]`` and write ``meta`` to ``path``.
+
+    A stage found complete (no new runs) keeps its earlier record; one that made runs adds this session's
+    seconds to the earlier ones (a session stopped inside a stage records nothing for it).
+
+    Examples
+    --------
+    >>> meta = {"done": {}}
+    >>> record_stage(meta, "grid.json", "k 1", seconds=800.0, new_runs=8, runs=8)
+    >>> record_stage(meta, "grid.json", "k 1", seconds=0.2, new_runs=0, runs=8)
+    >>> meta["done"]["k 1"]["seconds"], meta["done"]["k 1"]["runs"]
+    (800.0, 8)
+    """
+    done = meta.setdefault("done", {})
+    previous = done.get(stage, {})
+    if previous and new_runs == 0:
+        write_meta(path, meta)
+        return
+    before = previous.get("seconds", previous.get("seconds_this_session", 0.0))
+    now = datetime.datetime.now().isoformat(timespec="seconds")
+    done[stage] = {"seconds": round(before + seconds, 1), "runs": runs, "new_runs": new_runs, "finished": now}
+    meta["updated"] = now
+    write_meta(path, meta)

@@ -1,0 +1,52 @@
+"""neuroseg_lite.gridtables: committed tables of resumable grids, their machines and stage times."""
+from __future__ import annotations
+
+import json
+import os
+
+import pandas as pd
+
+from neuroseg_lite import gridtables
+
+
+def test_merge_into_replaces_rows_with_equal_keys_and_keeps_the_rest(tmp_path):
+    path = tmp_path / "results.csv"
+    gridtables.merge_into(path, pd.DataFrame({"key": ["a", "b"], "dice": [0.1, 0.2]}), ["key"])
+    table = gridtables.merge_into(path, pd.DataFrame({"key": ["b", "c"], "dice": [0.3, 0.4]}), ["key"])
+    assert table.to_dict("list") == {"key": ["a", "b", "c"], "dice": [0.1, 0.3, 0.4]}
+    assert gridtables.read_table(path).equals(table)
+    assert gridtables.read_table(tmp_path / "missing.csv").empty
+
+
+def test_seed_working_file_takes_the_committed_rows_of_one_data_set_once(tmp_path):
+    stored = pd.DataFrame({"data": ["x", "x", "y"], "key": ["a", "a", "b"], "dice": [0.5, 0.5, 0.6],
+                           "machine": ["m1", "m1", "m2"]})
+    working = tmp_path / "work" / "results.csv"
+    gridtables.seed_working_file(working, stored, data_name="x", drop=["machine"])
+    seeded = pd.read_csv(working)
+    assert seeded.to_dict("list") == {"data": ["x"], "key": ["a"], "dice": [0.5]}
+    # an existing working file is never overwritten
+    gridtables.seed_working_file(working, stored, data_name="y")
+    assert pd.read_csv(working).equals(seeded)
+
+
+def test_machines_of_keeps_the_committed_rows_machine():
+    stored = pd.DataFrame({"key": ["a"], "machine": ["old machine"]})
+    assert gridtables.machines_of(["a", "b"], stored, "this one") == ["old machine", "this one"]
+    assert gridtables.machines_of(["a"], pd.DataFrame(), "this one") == ["this one"]
+
+
+def test_record_stage_adds_sessions_and_keeps_a_complete_stage(tmp_path):
+    path = tmp_path / "grid.json"
+    meta = {"done": {"old": {"seconds_this_session": 840.0, "finished": "2026-11-30T10:00:00"}}}
+    gridtables.record_stage(meta, path, "old", seconds=0.1, new_runs=0, runs=8)  # found complete
+    assert meta["done"]["old"]["seconds_this_session"] == 840.0
+    gridtables.record_stage(meta, path, "old", seconds=60.0, new_runs=2, runs=10)  # grown in a later session
+    assert meta["done"]["old"]["seconds"] == 900.0 and meta["done"]["old"]["new_runs"] == 2
+    gridtables.record_stage(meta, path, "new", seconds=12.34, new_runs=3, runs=3)
+    written = json.loads(path.read_text())
+    assert written["done"]["new"]["seconds"] == 12.3 and written["updated"] == written["done"]["new"]["finished"]
+
+
+def test_describe_machine_names_cores():
+    assert f"{os.cpu_count()} cores" in gridtables.describe_machine()
