@@ -124,13 +124,13 @@ def calibrate(*, seeds, steps_list, workdir: Path, meta: dict, device: str) -> i
     return chosen
 
 
-def run_grid(*, seeds, workdir: Path, meta: dict, device: str) -> None:
+def run_grid(*, seeds, workdir: Path, meta: dict, device: str, folds=tuple(FOLDS)) -> None:
     chosen = meta.get("chosen_steps_3d")
     preset = runs.PRESETS.get("qcanet")
     if preset is None or preset.overrides_3d.get("steps") != chosen:
         raise SystemExit(f"runs.PRESETS['qcanet'] must be the calibrated budget ({chosen} 3D steps, "
                          f"{BASE_PRESET!r} otherwise); it is {preset}. Run the calibrate stage, then set it.")
-    for fold in FOLDS:
+    for fold in folds:
         started = time.perf_counter()
         rows, new_runs = run_sweep(calibration.qcanet_fold(fold), stored_name="results.csv", workdir=workdir,
                                    meta=meta, n_slices=list(K_VALUES), seeds=seeds, lams=[LAM], preset="qcanet",
@@ -147,6 +147,8 @@ def main(argv=None) -> None:
                         help="training seeds of the calibration")
     parser.add_argument("--steps", type=int, nargs="+", default=list(CANDIDATE_STEPS),
                         help="candidate 3D budgets (steps) of the calibration")
+    parser.add_argument("--folds", nargs="+", choices=list(FOLDS), default=list(FOLDS),
+                        help="folds of the grid stage (one process per fold can share the tables)")
     parser.add_argument("--workdir", type=Path, default=Path("neuroseg_work"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -167,7 +169,7 @@ def main(argv=None) -> None:
         calibrate(seeds=args.calibration_seeds, steps_list=args.steps, workdir=args.workdir, meta=meta,
                   device=args.device)
     if "grid" in args.stages:
-        run_grid(seeds=args.seeds, workdir=args.workdir, meta=meta, device=args.device)
+        run_grid(seeds=args.seeds, workdir=args.workdir, meta=meta, device=args.device, folds=args.folds)
 
 
 if __name__ == "__main__":

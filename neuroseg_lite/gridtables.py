@@ -5,10 +5,13 @@ Introduced in chapter 7 (``07_sparsity_sweep``) with ``benchmarks/paired_grid.py
 machines: every finished run is a row in a working results file (``experiment.sweep`` skips rows it already
 has), finished stages are merged into small committed tables, and a ``grid.json`` records the command, the
 versions, the machines and each stage's time. On a new machine the working file starts from the committed
-rows, so nothing committed is run again.
+rows, so nothing committed is run again. Several processes may share the tables (e.g. one per fold): every
+read-modify-write of a table or of ``grid.json`` holds a lock file next to it (POSIX; elsewhere, run one
+process at a time).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -52,6 +55,23 @@ def write_table(path, table: pd.DataFrame) -> None:
     atomic_write(Path(path), lambda tmp: table.to_csv(tmp, index=False))
 
 
+@contextlib.contextmanager
+def _locked(path: Path):
+    """Hold an exclusive lock on ``path``'s lock file while the block reads and rewrites ``path``."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def merge_into(path, new: pd.DataFrame, keys) -> pd.DataFrame:
     """Add ``new``'s rows to the table at ``path`` (rows with equal ``keys`` are replaced) and return it.
 
@@ -64,10 +84,12 @@ def merge_into(path, new: pd.DataFrame, keys) -> pd.DataFrame:
     1   b   0.7
     2   c   0.8
     """
-    old = read_table(path)
-    table = pd.concat([old, new], ignore_index=True) if len(old) else new
-    table = table.drop_duplicates(subset=list(keys), keep="last").reset_index(drop=True)
-    write_table(path, table)
+    path = Path(path)
+    with _locked(path):
+        old = read_table(path)
+        table = pd.concat([old, new], ignore_index=True) if len(old) else new
+        table = table.drop_duplicates(subset=list(keys), keep="last").reset_index(drop=True)
+        write_table(path, table)
     return table
 
 
@@ -100,7 +122,8 @@ def record_stage(meta: dict, path, stage: str, *, seconds: float, new_runs: int,
     """Record a finished stage in ``meta["done"]`` and write ``meta`` to ``path``.
 
     A stage found complete (no new runs) keeps its earlier record; one that made runs adds this session's
-    seconds to the earlier ones (a session stopped inside a stage records nothing for it).
+    seconds to the earlier ones (a session stopped inside a stage records nothing for it). Stages that other
+    processes recorded in the file meanwhile are kept.
 
     Examples
     --------
@@ -110,13 +133,16 @@ def record_stage(meta: dict, path, stage: str, *, seconds: float, new_runs: int,
     >>> meta["done"]["k 1"]["seconds"], meta["done"]["k 1"]["runs"]
     (800.0, 8)
     """
-    done = meta.setdefault("done", {})
-    previous = done.get(stage, {})
-    if previous and new_runs == 0:
+    path = Path(path)
+    with _locked(path):
+        on_disk = json.loads(path.read_text()).get("done", {}) if path.exists() else {}
+        done = meta.setdefault("done", {})
+        done.update({name: entry for name, entry in on_disk.items() if name not in done or name != stage})
+        previous = done.get(stage, {})
+        if not (previous and new_runs == 0):
+            before = previous.get("seconds", previous.get("seconds_this_session", 0.0))
+            now = datetime.datetime.now().isoformat(timespec="seconds")
+            done[stage] = {"seconds": round(before + seconds, 1), "runs": runs, "new_runs": new_runs,
+                           "finished": now}
+            meta["updated"] = now
         write_meta(path, meta)
-        return
-    before = previous.get("seconds", previous.get("seconds_this_session", 0.0))
-    now = datetime.datetime.now().isoformat(timespec="seconds")
-    done[stage] = {"seconds": round(before + seconds, 1), "runs": runs, "new_runs": new_runs, "finished": now}
-    meta["updated"] = now
-    write_meta(path, meta)

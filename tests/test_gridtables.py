@@ -50,3 +50,12 @@ def test_record_stage_adds_sessions_and_keeps_a_complete_stage(tmp_path):
 
 def test_describe_machine_names_cores():
     assert f"{os.cpu_count()} cores" in gridtables.describe_machine()
+
+
+def test_two_processes_recording_stages_keep_each_others(tmp_path):
+    path = tmp_path / "grid.json"
+    first, second = {"done": {}, "who": "first"}, {"done": {}, "who": "second"}
+    gridtables.record_stage(first, path, "fold a", seconds=10.0, new_runs=1, runs=1)
+    gridtables.record_stage(second, path, "fold b", seconds=20.0, new_runs=1, runs=1)
+    written = json.loads(path.read_text())
+    assert set(written["done"]) == {"fold a", "fold b"} and written["who"] == "second"
