@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from importlib import resources
-from pathlib import Path
 
 import pandas as pd
 
-from neuroseg_lite import datasets
+from neuroseg_lite import datasets, gridtables
 from neuroseg_lite._checks import NeurosegInputError
 from neuroseg_lite.experiment_data import Data, prepare_data
 
@@ -195,16 +193,10 @@ def load_qcanet_grid(folder=None) -> RealDataGrid:
         Holding ``calibration.csv``, ``results.csv`` and ``grid.json``; default the package's
         ``neuroseg_lite/data/qcanet_grid``.
     """
-    if folder is None:
-        folder = Path(str(resources.files("neuroseg_lite"))) / "data" / "qcanet_grid"
-    folder = Path(folder)
-
-    def table(name):
-        path = folder / name
-        return pd.read_csv(path) if path.exists() else pd.DataFrame(
-            columns=["fold", "method", "n_slices", "seed", "dice", "key"])
-
+    folder = gridtables.stored_folder("qcanet_grid", folder)
+    columns = ["fold", "method", "n_slices", "seed", "dice", "key"]
     meta_file = folder / "grid.json"
-    return RealDataGrid(calibration=table("calibration.csv"), results=table("results.csv"),
+    return RealDataGrid(calibration=gridtables.read_table(folder / "calibration.csv", columns=columns),
+                        results=gridtables.read_table(folder / "results.csv", columns=columns),
                         meta=json.loads(meta_file.read_text()) if meta_file.exists() else {})
 

@@ -16,14 +16,15 @@ import datetime
 import json
 import os
 import platform
+from importlib import resources
 from pathlib import Path
 
 import pandas as pd
 
 from neuroseg_lite.cache import atomic_write
 
-__all__ = ["describe_machine", "read_table", "write_table", "merge_into", "seed_working_file", "machines_of",
-           "record_stage", "write_meta"]
+__all__ = ["stored_folder", "describe_machine", "read_table", "write_table", "merge_into", "seed_working_file",
+           "machines_of", "record_stage", "write_meta"]
 
 
 def describe_machine(device: str = "cpu") -> str:
@@ -44,10 +45,17 @@ def describe_machine(device: str = "cpu") -> str:
     return f"{model}, {os.cpu_count()} cores{gpu}"
 
 
-def read_table(path) -> pd.DataFrame:
-    """The CSV table at ``path``, or an empty table when there is none yet."""
+def stored_folder(name: str, folder=None) -> Path:
+    """``folder``, or the package's own ``neuroseg_lite/data/<name>`` (the grids that ship with it)."""
+    if folder is None:
+        return Path(str(resources.files("neuroseg_lite"))) / "data" / name
+    return Path(folder)
+
+
+def read_table(path, *, columns=()) -> pd.DataFrame:
+    """The CSV table at ``path``, or an empty table (with ``columns``) when there is none yet."""
     path = Path(path)
-    return pd.read_csv(path) if path.exists() else pd.DataFrame()
+    return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=list(columns))
 
 
 def write_table(path, table: pd.DataFrame) -> None:

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from neuroseg_lite import gridtables
 from neuroseg_lite._checks import NeurosegInputError
 
 __all__ = ["StoredGrid", "load_stored_grid", "paired_differences", "paired_gains", "steps_to_reach",
@@ -141,13 +140,10 @@ def load_stored_grid(folder=None) -> StoredGrid:
         ``grid.json``; default: the package's
         ``neuroseg_lite/data/paired_grid``.
     """
-    if folder is None:
-        folder = Path(str(resources.files("neuroseg_lite"))) / "data" / "paired_grid"
-    folder = Path(folder)
+    folder = gridtables.stored_folder("paired_grid", folder)
 
     def table(name):
-        path = folder / name
-        return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=_EMPTY_COLUMNS[name])
+        return gridtables.read_table(folder / name, columns=_EMPTY_COLUMNS[name])
 
     meta_file = folder / "grid.json"
     meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
