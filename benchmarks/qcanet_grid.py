@@ -86,14 +86,15 @@ def record_done(meta: dict, done: str, *, started: float, runs_made: int, new_ru
     print(f"{done}: {runs_made} runs ({new_runs} new), {seconds:.0f} s", flush=True)
 
 
-def calibrate(*, seeds, steps_list, workdir: Path, meta: dict, device: str) -> int:
+def calibrate(*, seeds, steps_list, workdir: Path, meta: dict, device: str, folds=tuple(FOLDS)):
     """The calibration stage: the dense model at every candidate, then the sparse one from the cheapest up.
 
-    Sparse models stop at the first candidate that passes the rule on every fold: a candidate without sparse
-    rows cannot pass, so the costlier candidates are then not needed to make the same choice.
+    Sparse models stop at the first candidate that passes the rule on every fold of ``folds``: a candidate
+    without sparse rows cannot pass, so the costlier candidates are then not needed to make the same choice.
+    With one process per fold, a last run on both folds fills in what the rule then still needs.
     """
     steps_list = sorted(steps_list)
-    data = {fold: calibration.qcanet_fold(fold) for fold in FOLDS}
+    data = {fold: calibration.qcanet_fold(fold) for fold in folds}
 
     def run(method: str, steps: int) -> None:
         started = time.perf_counter()
@@ -106,17 +107,20 @@ def calibrate(*, seeds, steps_list, workdir: Path, meta: dict, device: str) -> i
             store("calibration.csv", rows.assign(candidate=preset.name, steps_3d=steps))
             new_runs += new
         record_done(meta, f"calibration: {method}, {steps} steps", started=started,
-                    runs_made=len(FOLDS) * len(seeds), new_runs=new_runs)
+                    runs_made=len(folds) * len(seeds), new_runs=new_runs)
 
     for steps in steps_list:
         run("3d_dense", steps)
     for steps in steps_list:
         run("3d_sparse", steps)
         table = pd.read_csv(OUT / "calibration.csv")
-        table = table[table["seed"].isin(seeds) & table["steps_3d"].isin(steps_list)]
+        table = table[table["seed"].isin(seeds) & table["steps_3d"].isin(steps_list) & table["fold"].isin(folds)]
         at = calibration.budget_table(table).xs(steps, level="steps_3d")
-        if len(at) == len(FOLDS) and at["passes"].all():
+        if len(at) == len(folds) and at["passes"].all():
             break
+    if set(folds) != set(FOLDS):
+        print(f"calibrated {list(folds)} only: run the stage on every fold to choose the budget", flush=True)
+        return None
     chosen = calibration.choose_budget(pd.read_csv(OUT / "calibration.csv"))
     meta["chosen_steps_3d"] = chosen
     gridtables.write_meta(OUT / "grid.json", meta)
@@ -148,7 +152,8 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=list(CANDIDATE_STEPS),
                         help="candidate 3D budgets (steps) of the calibration")
     parser.add_argument("--folds", nargs="+", choices=list(FOLDS), default=list(FOLDS),
-                        help="folds of the grid stage (one process per fold can share the tables)")
+                        help="folds (one process per fold can share the tables; the budget is chosen by a "
+                             "calibrate stage on every fold)")
     parser.add_argument("--workdir", type=Path, default=Path("neuroseg_work"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -167,7 +172,7 @@ def main(argv=None) -> None:
         meta["machines"].append(this_machine)
     if "calibrate" in args.stages:
         calibrate(seeds=args.calibration_seeds, steps_list=args.steps, workdir=args.workdir, meta=meta,
-                  device=args.device)
+                  device=args.device, folds=args.folds)
     if "grid" in args.stages:
         run_grid(seeds=args.seeds, workdir=args.workdir, meta=meta, device=args.device, folds=args.folds)
 
