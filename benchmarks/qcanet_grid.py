@@ -121,8 +121,9 @@ def calibrate(*, seeds, steps_list, workdir: Path, meta: dict, device: str, fold
     if set(folds) != set(FOLDS):
         print(f"calibrated {list(folds)} only: run the stage on every fold to choose the budget", flush=True)
         return None
-    chosen = calibration.choose_budget(pd.read_csv(OUT / "calibration.csv"))
-    meta["chosen_steps_3d"] = chosen
+    table = pd.read_csv(OUT / "calibration.csv")
+    chosen = calibration.choose_budget(table[table["seed"].isin(seeds)])
+    meta.update(chosen_steps_3d=chosen, calibration_seeds=list(seeds))
     gridtables.write_meta(OUT / "grid.json", meta)
     print(json.dumps({"chosen_steps_3d": chosen}), flush=True)
     return chosen
