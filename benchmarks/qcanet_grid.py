@@ -49,7 +49,7 @@ FOLDS = calibration.QCANET_FOLDS
 BASE_PRESET = "sweep"
 CANDIDATE_STEPS = (400, 800, 1600)  # 3D steps; 400 is "sweep" itself
 CALIBRATION_K = 3
-K_VALUES = (1, 3)
+K_VALUES = calibration.QCANET_K_VALUES
 LAM = 0.5
 
 

@@ -18,11 +18,14 @@ from neuroseg_lite import datasets, gridtables
 from neuroseg_lite._checks import NeurosegInputError
 from neuroseg_lite.experiment_data import Data, prepare_data
 
-__all__ = ["TOLERANCE", "QCANET_FOLDS", "qcanet_fold", "budget_table", "choose_budget", "pair_differences",
+__all__ = ["TOLERANCE", "QCANET_K_VALUES", "QCANET_FOLDS", "qcanet_fold", "budget_table", "choose_budget", "pair_differences",
            "RealDataGrid", "load_qcanet_grid"]
 
 #: Largest shortfall of a budget's mean dense Dice below the longest budget's for it to count as converged.
 TOLERANCE = 0.01
+
+#: Annotated planes per training stack in chapter 8's stored grid (of 51; about 2 % and 6 % of the voxels).
+QCANET_K_VALUES = (1, 3)
 
 #: The two folds of the QCANet embryos, by data name: (training stack, test stack).
 QCANET_FOLDS = {"qcanet-8to16": ("8_cell_stage", "16_cell_stage"),

@@ -141,7 +141,8 @@ def test_imports_flow_one_way():
 
 
 def test_the_wheel_carries_the_stored_grid(tmp_path):
-    """Colab installs from git without the repository around it: chapter 7's stored grid must be in the wheel."""
+    """Colab installs from git without the repository around it: chapters 7's and 8's stored grids must be in
+    the wheel."""
     import subprocess
     import zipfile
 
@@ -149,6 +150,7 @@ def test_the_wheel_carries_the_stored_grid(tmp_path):
                     "-w", str(tmp_path)], check=True, cwd=tmp_path)
     (wheel,) = tmp_path.glob("neuroseg_lite-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    folder = ROOT / "neuroseg_lite" / "data" / "paired_grid"
-    stored = {f"neuroseg_lite/data/paired_grid/{p.name}" for p in folder.iterdir() if p.suffix in (".csv", ".json")}
-    assert stored and stored <= names
+    for grid in ("paired_grid", "qcanet_grid"):
+        folder = ROOT / "neuroseg_lite" / "data" / grid
+        stored = {f"neuroseg_lite/data/{grid}/{p.name}" for p in folder.iterdir() if p.suffix in (".csv", ".json")}
+        assert stored and stored <= names, grid

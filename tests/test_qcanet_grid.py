@@ -57,10 +57,10 @@ def test_the_qcanet_preset_is_the_calibrated_budget():
     spec = importlib.util.spec_from_file_location("qcanet_grid_stored", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    calibration = pd.read_csv(STORED / "calibration.csv")
-    if set(calibration["steps_3d"]) != set(module.CANDIDATE_STEPS):
+    table = pd.read_csv(STORED / "calibration.csv")
+    if set(table["steps_3d"]) != set(module.CANDIDATE_STEPS):
         pytest.skip("the stored calibration is partial")
-    chosen = calibration.choose_budget(calibration)
+    chosen = calibration.choose_budget(table)
     preset = runs.PRESETS["qcanet"]
     assert preset.overrides_3d["steps"] == chosen
     base = runs.PRESETS[module.BASE_PRESET]
