@@ -18,8 +18,8 @@ from neuroseg_lite import datasets, gridtables
 from neuroseg_lite._checks import NeurosegInputError
 from neuroseg_lite.experiment_data import Data, prepare_data
 
-__all__ = ["TOLERANCE", "QCANET_K_VALUES", "QCANET_FOLDS", "qcanet_fold", "budget_table", "choose_budget", "pair_differences",
-           "RealDataGrid", "load_qcanet_grid"]
+__all__ = ["TOLERANCE", "QCANET_K_VALUES", "QCANET_FOLDS", "qcanet_fold", "budget_table", "choose_budget",
+           "pair_differences", "RealDataGrid", "load_qcanet_grid"]
 
 #: Largest shortfall of a budget's mean dense Dice below the longest budget's for it to count as converged.
 TOLERANCE = 0.01
