@@ -27,7 +27,7 @@ TOLERANCE = 0.01
 #: Annotated planes per training stack in chapter 8's stored grid (of 51; about 2 % and 6 % of the voxels).
 QCANET_K_VALUES = (1, 3)
 
-#: The two folds of the QCANet embryos, by data name: (training stack, test stack).
+#: The two folds of the QCANet embryos, each a pair (training stack, test stack) keyed by the data's name.
 QCANET_FOLDS = {"qcanet-8to16": ("8_cell_stage", "16_cell_stage"),
                 "qcanet-16to8": ("16_cell_stage", "8_cell_stage")}
 
