@@ -65,13 +65,15 @@ def store(name: str, rows: pd.DataFrame) -> None:
     gridtables.merge_into(OUT / name, rows, ["key", "candidate"] if "candidate" in rows else ["key"])
 
 
-def run_sweep(data, *, stored_name: str, workdir: Path, meta: dict, **sweep_options) -> tuple[pd.DataFrame, int]:
+def run_sweep(data, *, stored_name: str, workdir: Path, meta: dict, reuse: pd.DataFrame | None = None,
+              **sweep_options) -> tuple[pd.DataFrame, int]:
     """``experiment.sweep`` whose working results file starts from the committed rows (a new machine).
 
-    Returns the rows (with ``fold`` and ``machine``) and how many of them are not in the committed table.
+    ``reuse`` holds more committed rows that count as done (their keys say whether a run matches them).
+    Returns the rows (with ``fold`` and ``machine``) and how many of them are not in the committed tables.
     """
     results_file = workdir / "results" / f"qcanet_{Path(stored_name).stem}_{data.name}.csv"
-    stored = gridtables.read_table(OUT / stored_name)
+    stored = pd.concat([gridtables.read_table(OUT / stored_name), reuse], ignore_index=True)
     gridtables.seed_working_file(results_file, stored, data_name=data.name,
                                  drop=["fold", "candidate", "steps_3d", "machine"])
     table = experiment.sweep(data, workdir=workdir, results_file=results_file, **sweep_options)
@@ -135,13 +137,23 @@ def run_grid(*, seeds, workdir: Path, meta: dict, device: str, folds=tuple(FOLDS
     if preset is None or preset.overrides_3d.get("steps") != chosen:
         raise SystemExit(f"runs.PRESETS['qcanet'] must be the calibrated budget ({chosen} 3D steps, "
                          f"{BASE_PRESET!r} otherwise); it is {preset}. Run the calibrate stage, then set it.")
-    for fold in folds:
-        started = time.perf_counter()
-        rows, new_runs = run_sweep(calibration.qcanet_fold(fold), stored_name="results.csv", workdir=workdir,
-                                   meta=meta, n_slices=list(K_VALUES), seeds=seeds, lams=[LAM], preset="qcanet",
-                                   device=device)
-        store("results.csv", rows)
-        record_done(meta, f"grid: {fold}", started=started, runs_made=len(rows), new_runs=new_runs)
+    # The calibration's runs at the chosen budget are grid runs too: equal row keys mean equal data, annotation,
+    # configs, seed and scoring (the preset's name is not part of a key), so they are not trained again.
+    calibrated = gridtables.read_table(OUT / "calibration.csv")
+    if len(calibrated):
+        calibrated = calibrated[calibrated["candidate"] == candidate_preset(chosen).name]
+        calibrated = calibrated.drop(columns=["candidate", "steps_3d"]).assign(preset="qcanet")
+    data = {fold: calibration.qcanet_fold(fold) for fold in folds}
+    # One seed at a time, so that a stopped session leaves complete pairs (all methods of a seed) committed.
+    for seed in seeds:
+        for fold in folds:
+            started = time.perf_counter()
+            rows, new_runs = run_sweep(data[fold], stored_name="results.csv", workdir=workdir, meta=meta,
+                                       reuse=calibrated, n_slices=list(K_VALUES), seeds=[seed], lams=[LAM],
+                                       preset="qcanet", device=device)
+            store("results.csv", rows)
+            record_done(meta, f"grid: {fold}, seed {seed}", started=started, runs_made=len(rows),
+                        new_runs=new_runs)
 
 
 def main(argv=None) -> None:

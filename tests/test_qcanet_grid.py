@@ -1,6 +1,7 @@
 """benchmarks/qcanet_grid.py: chapter 8's calibrated, two-fold, three-seed grid on the QCANet stacks."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -41,6 +42,28 @@ def test_calibration_stage_runs_resumes_and_stores_its_rows(script, tmp_path, ca
     script.main([*options[:-3], str(tmp_path / "fresh"), "--threads", "1"])
     again = pd.read_csv(script.OUT / "calibration.csv")
     pd.testing.assert_frame_equal(again, table)
+
+
+def test_the_grid_reuses_the_calibration_runs_at_the_chosen_budget(script, tmp_path, monkeypatch):
+    monkeypatch.setattr(script, "BASE_PRESET", "smoke")  # seconds per model; the rule is the same
+    workdir = tmp_path / "work"
+    script.main(["--stages", "calibrate", "--steps", "4", "--calibration-seeds", "0", "--workdir", str(workdir),
+                 "--threads", "1"])
+    # the grid's preset is the calibrated candidate under the name "qcanet" (as runs.PRESETS is set by hand)
+    monkeypatch.setitem(runs.PRESETS, "qcanet", dataclasses.replace(script.candidate_preset(4), name="qcanet"))
+    calibrated = pd.read_csv(script.OUT / "calibration.csv")
+    meta = json.loads((script.OUT / "grid.json").read_text())
+    script.run_grid(seeds=[0], workdir=tmp_path / "fresh", meta=meta, device="cpu", folds=["qcanet-8to16"])
+    results = pd.read_csv(script.OUT / "results.csv")
+    assert set(results["preset"]) == {"qcanet"} and set(results["fold"]) == {"qcanet-8to16"}
+    fold_calibration = calibrated[calibrated["fold"] == "qcanet-8to16"]
+    # the dense model and the k = 3 sparse one are the calibration's runs, found by key, not trained again
+    reused = results[results["key"].isin(fold_calibration["key"])]
+    assert sorted(reused["method"]) == ["3d_dense", "3d_sparse"] and set(reused["n_slices"]) - {3} == {51}
+    pd.testing.assert_series_equal(reused.set_index("key")["dice"].sort_index(),
+                                   fold_calibration.set_index("key")["dice"].sort_index())
+    done = json.loads((script.OUT / "grid.json").read_text())["done"]["grid: qcanet-8to16, seed 0"]
+    assert done["runs"] == len(results) and done["new_runs"] == len(results) - 2
 
 
 def test_the_grid_refuses_an_uncalibrated_preset(script, tmp_path):
