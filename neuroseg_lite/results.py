@@ -22,8 +22,9 @@ def paired_verdicts(table: pd.DataFrame, *, method: str = "3d_pseudo", against=(
 
     The verdict follows the book's rule: "better" if ``method`` wins in every pair *and* the mean difference
     exceeds the larger of the two methods' standard deviations over the pairs (the seed-to-seed spread);
-    "worse" if the same holds the other way round; otherwise "within the noise". For distances
-    (``hd95_um``) lower is better, and the difference is still ``method`` minus the other.
+    "worse" if the same holds the other way round; otherwise "within the noise"; "too few pairs" below two
+    pairs, which have no spread to measure the difference against. For distances (``hd95_um``) lower is
+    better, and the difference is still ``method`` minus the other.
 
     Parameters
     ----------
@@ -74,9 +75,11 @@ def paired_verdicts(table: pd.DataFrame, *, method: str = "3d_pseudo", against=(
                 difference = pairs[method] - pairs[other]
                 sign = -1.0 if metric in _LOWER_IS_BETTER else 1.0
                 noise, mean = float(pairs.std().max()), float(difference.mean())
-                if len(pairs) and (sign * difference > 0).all() and sign * mean > noise:
+                if len(pairs) < 2:
+                    verdict = "too few pairs"
+                elif (sign * difference > 0).all() and sign * mean > noise:
                     verdict = "better"
-                elif len(pairs) and (sign * difference < 0).all() and -sign * mean > noise:
+                elif (sign * difference < 0).all() and -sign * mean > noise:
                     verdict = "worse"
                 else:
                     verdict = "within the noise"

@@ -29,6 +29,14 @@ def test_a_gap_within_the_spread_or_not_on_every_seed_is_noise():
     assert mixed["verdict"][0] == "within the noise"  # big mean gap, but b wins seed 1
 
 
+def test_one_pair_has_no_spread_to_judge_by():
+    # a huge gap on one seed is still one draw: the rule needs a seed-to-seed spread
+    single = paired_verdicts(_rows([0.9], [0.1]), method="a", against=["b"])
+    assert single["verdict"][0] == "too few pairs" and single["n_pairs"][0] == 1
+    assert single["mean_difference"][0] == pytest.approx(0.8)
+    assert paired_verdicts(_rows([0.9, 0.91], [0.1, 0.12]), method="a", against=["b"])["verdict"][0] == "better"
+
+
 def test_distances_count_lower_as_better_and_groups_are_separate():
     rows = pd.concat([_rows([1.0, 1.1, 1.2], [5.0, 5.5, 6.0], "hd95_um"),
                       _rows([5.0, 5.5, 6.0], [1.0, 1.1, 1.2], "hd95_um").assign(n_slices=4)])
