@@ -71,10 +71,9 @@ def working_results(data, *, workdir: Path, stored_name: str, prefix: str) -> tu
 
 
 def record_done(meta: dict, done: str, *, started: float, rows: pd.DataFrame, stored: pd.DataFrame) -> None:
-    seconds = time.perf_counter() - started
     new_runs = int((~rows["key"].isin(stored.get("key", pd.Series(dtype=str)))).sum())
-    gridtables.record_stage(meta, OUT / "grid.json", done, seconds=seconds, new_runs=new_runs, runs=len(rows))
-    print(f"{done}: {len(rows)} runs ({new_runs} new), {seconds:.0f} s", flush=True)
+    gridtables.record_stage(meta, OUT / "grid.json", done, seconds=time.perf_counter() - started,
+                            new_runs=new_runs, runs=len(rows))
 
 
 def run_data_set(data_seed: int, *, seeds, k_values, workdir: Path, meta: dict, device: str = "cpu") -> None:

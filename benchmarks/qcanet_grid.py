@@ -83,9 +83,8 @@ def run_sweep(data, *, stored_name: str, workdir: Path, meta: dict, reuse: pd.Da
 
 
 def record_done(meta: dict, done: str, *, started: float, runs_made: int, new_runs: int) -> None:
-    seconds = time.perf_counter() - started
-    gridtables.record_stage(meta, OUT / "grid.json", done, seconds=seconds, new_runs=new_runs, runs=runs_made)
-    print(f"{done}: {runs_made} runs ({new_runs} new), {seconds:.0f} s", flush=True)
+    gridtables.record_stage(meta, OUT / "grid.json", done, seconds=time.perf_counter() - started,
+                            new_runs=new_runs, runs=runs_made)
 
 
 def calibrate(*, seeds, steps_list, workdir: Path, meta: dict, device: str, folds=tuple(FOLDS)):

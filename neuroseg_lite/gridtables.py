@@ -126,8 +126,9 @@ def write_meta(path, meta: dict) -> None:
     atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
 
 
-def record_stage(meta: dict, path, stage: str, *, seconds: float, new_runs: int, runs: int) -> None:
-    """Record a finished stage in ``meta["done"]`` and write ``meta`` to ``path``.
+def record_stage(meta: dict, path, stage: str, *, seconds: float, new_runs: int, runs: int,
+                 report: bool = True) -> None:
+    """Record a finished stage in ``meta["done"]``, write ``meta`` to ``path`` and (``report``) print a line.
 
     A stage found complete (no new runs) keeps its earlier record; one that made runs adds this session's
     seconds to the earlier ones (a session stopped inside a stage records nothing for it). Stages that other
@@ -137,7 +138,9 @@ def record_stage(meta: dict, path, stage: str, *, seconds: float, new_runs: int,
     --------
     >>> meta = {"done": {}}
     >>> record_stage(meta, "grid.json", "k 1", seconds=800.0, new_runs=8, runs=8)
-    >>> record_stage(meta, "grid.json", "k 1", seconds=0.2, new_runs=0, runs=8)
+    k 1: 8 runs (8 new), 800 s
+    >>> record_stage(meta, "grid.json", "k 1", seconds=0.2, new_runs=0, runs=8,
+    ...              report=False)
     >>> meta["done"]["k 1"]["seconds"], meta["done"]["k 1"]["runs"]
     (800.0, 8)
     """
@@ -154,3 +157,5 @@ def record_stage(meta: dict, path, stage: str, *, seconds: float, new_runs: int,
                            "finished": now}
             meta["updated"] = now
         write_meta(path, meta)
+    if report:
+        print(f"{stage}: {runs} runs ({new_runs} new), {seconds:.0f} s", flush=True)

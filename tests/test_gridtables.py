@@ -48,6 +48,13 @@ def test_record_stage_adds_sessions_and_keeps_a_complete_stage(tmp_path):
     assert written["done"]["new"]["seconds"] == 12.3 and written["updated"] == written["done"]["new"]["finished"]
 
 
+def test_record_stage_reports_the_stage_unless_told_not_to(tmp_path, capsys):
+    gridtables.record_stage({}, tmp_path / "grid.json", "seed 1", seconds=61.4, new_runs=2, runs=7)
+    assert capsys.readouterr().out == "seed 1: 7 runs (2 new), 61 s\n"
+    gridtables.record_stage({}, tmp_path / "grid.json", "seed 2", seconds=1.0, new_runs=0, runs=7, report=False)
+    assert capsys.readouterr().out == ""
+
+
 def test_describe_machine_names_cores():
     assert f"{os.cpu_count()} cores" in gridtables.describe_machine()
 
