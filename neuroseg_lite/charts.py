@@ -38,6 +38,20 @@ def _new_figure(**kwargs) -> Figure:
     return fig
 
 
+def _frame(table, needed, *, name: str = "table", hint: str = "", empty_ok: bool = False):
+    """``table`` as a DataFrame; a clear error when it lacks one of the ``needed`` columns or (unless
+    ``empty_ok``) has no rows."""
+    import pandas as pd
+
+    frame = pd.DataFrame(table)
+    missing = sorted(set(needed) - set(frame.columns))
+    if missing:
+        raise NeurosegInputError(f"{name} has no column(s) {missing}; {hint or f'it has {sorted(frame.columns)}'}.")
+    if frame.empty and not empty_ok:
+        raise NeurosegInputError(f"{name} has no rows to plot.")
+    return frame
+
+
 def _figure_axes(axes, count: int, *, figsize, name: str = "axes", **subplot_kw):
     """(figure, list of ``count`` axes): a new row of panels, or the caller's axes of one figure."""
     if axes is None:
@@ -243,16 +257,9 @@ def plot_metric_vs_k(table, *, metrics=("dice", "precision", "recall"), x="n_sli
     Figure
         One axes per metric; the legend is on the first one.
     """
-    import pandas as pd
 
-    frame = pd.DataFrame(table)
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
-    needed = {"method", x, *metrics}
-    missing = sorted(needed - set(frame.columns))
-    if missing:
-        raise NeurosegInputError(f"table has no column(s) {missing}; it has {sorted(frame.columns)}.")
-    if frame.empty:
-        raise NeurosegInputError("table has no rows to plot.")
+    frame = _frame(table, {"method", x, *metrics})
     if spread not in ("range", "std"):
         raise NeurosegInputError(f"spread must be 'range' or 'std', got {spread!r}.")
     if xscale not in ("log", "linear"):
@@ -366,15 +373,8 @@ def plot_paired_differences(table, *, metrics=None, x="n_slices", title=None, fi
     Figure
         A dashed line at zero; above it the method is better.
     """
-    import pandas as pd
-
-    frame = pd.DataFrame(table)
-    needed = {x, "against", "metric", "difference", "ci_low", "ci_high", "data_sets"}
-    missing = sorted(needed - set(frame.columns))
-    if missing:
-        raise NeurosegInputError(f"table has no column(s) {missing}; pass paired.paired_differences's table.")
-    if frame.empty:
-        raise NeurosegInputError("table has no rows to plot.")
+    frame = _frame(table, {x, "against", "metric", "difference", "ci_low", "ci_high", "data_sets"},
+                   hint="pass paired.paired_differences's table")
     metrics = list(dict.fromkeys(frame["metric"])) if metrics is None else list(metrics)
     others = list(dict.fromkeys(frame["against"]))
     x_values = np.sort(frame[x].unique().astype(float))
@@ -440,12 +440,8 @@ def plot_learning_curves(curves, *, n_slices=None, methods=None, reference_metho
     -------
     Figure
     """
-    import pandas as pd
-
-    frame = pd.DataFrame(curves)
-    missing = sorted({"method", "n_slices", "key", "step", x, y} - set(frame.columns))
-    if missing:
-        raise NeurosegInputError(f"curves have no column(s) {missing}; pass learning-curve rows.")
+    frame = _frame(curves, {"method", "n_slices", "key", "step", x, y}, name="curves", empty_ok=True,
+                   hint="pass learning-curve rows")
     if n_slices is not None:
         frame = frame[frame["method"].isin(reference_methods) | (frame["n_slices"] == n_slices)]
     if frame.empty:
@@ -557,12 +553,8 @@ def plot_gain_vs_knob(gains, *, knob="sigma_z_um", metric="dice", against=None, 
     Figure
         A dashed line at zero; above it the method is better.
     """
-    import pandas as pd
-
-    frame = pd.DataFrame(gains)
-    missing = sorted({"data_seed", knob, "against", "metric", "gain"} - set(frame.columns))
-    if missing:
-        raise NeurosegInputError(f"gains have no column(s) {missing}; pass paired.knob_gains's table.")
+    frame = _frame(gains, {"data_seed", knob, "against", "metric", "gain"}, name="gains", empty_ok=True,
+                   hint="pass paired.knob_gains's table")
     frame = frame[frame["metric"] == metric]
     if frame.empty:
         raise NeurosegInputError(f"no gains in {metric!r} to plot.")
