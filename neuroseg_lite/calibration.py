@@ -14,12 +14,13 @@ import json
 
 import pandas as pd
 
-from neuroseg_lite import datasets, gridtables
+from neuroseg_lite import datasets, gridtables, sparse
 from neuroseg_lite._checks import NeurosegInputError
 from neuroseg_lite.experiment_data import Data, prepare_data
 
 __all__ = ["TOLERANCE", "QCANET_K_VALUES", "QCANET_FOLDS", "qcanet_fold", "budget_table", "choose_budget",
-           "pair_differences", "RealDataGrid", "load_qcanet_grid"]
+           "pair_differences", "summarise_pairs", "dense_bound", "nuclei_crossed", "RealDataGrid",
+           "load_qcanet_grid"]
 
 #: Largest shortfall of a budget's mean dense Dice below the longest budget's for it to count as converged.
 TOLERANCE = 0.01
@@ -163,6 +164,124 @@ def pair_differences(results: pd.DataFrame, *, method: str = "3d_pseudo", agains
                                            difference=sign * (pairs[f"{metric}_m"] - pairs[f"{metric}_o"])))
     columns = [*keys, "against", "metric", "method_score", "other_score", "difference"]
     return pd.concat(rows, ignore_index=True)[columns] if rows else pd.DataFrame(columns=columns)
+
+
+def summarise_pairs(pairs: pd.DataFrame, *, by=("n_slices", "against", "metric"), group: str = "fold") -> pd.DataFrame:
+    """Count, mean, standard deviation, range and wins of paired differences, and their mean per group.
+
+    Parameters
+    ----------
+    pairs : pandas.DataFrame
+        Rows of :func:`pair_differences` (``difference`` positive where ``method`` is better).
+    by : sequence of str
+        One summary row per combination of these columns.
+    group : str
+        Each value of this column (a fold) adds a column ``"mean on <value>"``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by ``by``: ``count``, ``mean``, ``std``, ``min``, ``max``, ``wins`` (pairs with a positive
+        difference) and the per-group means.
+
+    Examples
+    --------
+    >>> pairs = pd.DataFrame({"n_slices": 1, "against": "2d", "metric": "dice",
+    ...                       "fold": ["a", "a", "b"], "difference": [0.1, -0.05, 0.2]})
+    >>> summarise_pairs(pairs).round(3).iloc[0].to_dict()  # doctest: +NORMALIZE_WHITESPACE
+    {'count': 3.0, 'mean': 0.083, 'std': 0.126, 'min': -0.05, 'max': 0.2, 'wins': 2.0,
+     'mean on a': 0.025, 'mean on b': 0.2}
+    """
+    keys = list(by)
+    missing = sorted({*keys, group, "difference"} - set(pairs.columns))
+    if missing:
+        raise NeurosegInputError(f"the pairs table has no column(s) {missing}; make it with pair_differences.")
+    summary = pairs.groupby(keys)["difference"].agg(["count", "mean", "std", "min", "max"])
+    summary["wins"] = (pairs["difference"] > 0).groupby([pairs[key] for key in keys]).sum()
+    per_group = pairs.pivot_table(index=keys, columns=group, values="difference")
+    return summary.join(per_group.add_prefix("mean on "))
+
+
+def dense_bound(results: pd.DataFrame, *, group: str = "fold", metric: str = "dice",
+                dense: str = "3d_dense") -> pd.DataFrame:
+    """Per group: is the densely trained model above every sparse method (mean over seeds)?
+
+    Parameters
+    ----------
+    results : pandas.DataFrame
+        Results rows with ``method``, ``n_slices``, ``group`` and ``metric`` columns.
+    group : str
+    metric : str
+        Higher is better.
+    dense : str
+        The method trained on the full labels.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by ``group``: ``dense`` (its mean score), ``best_method``, ``best_k`` and ``best`` (the sparse
+        method and k with the highest mean score) and ``upper_bound`` (``dense >= best``).
+
+    Examples
+    --------
+    >>> runs = pd.DataFrame({"fold": "a", "method": ["3d_dense", "2d", "3d_sparse"],
+    ...                      "n_slices": [51, 1, 1], "dice": [0.8, 0.7, 0.85]})
+    >>> bound = dense_bound(runs).loc["a"]
+    >>> bound["best_method"], float(bound["best"]), bool(bound["upper_bound"])
+    ('3d_sparse', 0.85, False)
+    """
+    missing = sorted({"method", "n_slices", group, metric} - set(results.columns))
+    if missing:
+        raise NeurosegInputError(f"the results table has no column(s) {missing}.")
+    means = results.groupby([group, "method", "n_slices"])[metric].mean()
+    rows = {}
+    for name, of_group in means.groupby(level=group):
+        of_group = of_group.droplevel(group)
+        methods = of_group.index.get_level_values("method")
+        if dense not in methods or (methods == dense).all():
+            raise NeurosegInputError(f"{group} {name!r} needs runs of {dense!r} and of a sparse method.")
+        sparse_runs = of_group[methods != dense]
+        method, k = sparse_runs.idxmax()
+        rows[name] = {"dense": float(of_group[methods == dense].mean()), "best_method": method,
+                      "best_k": int(k), "best": float(sparse_runs.max())}
+        rows[name]["upper_bound"] = rows[name]["dense"] >= rows[name]["best"]
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis(group)
+
+
+def nuclei_crossed(*, folds=None, k_values=QCANET_K_VALUES, download: bool = True) -> pd.DataFrame:
+    """How much each k annotates of each fold's training embryo: planes, voxel share and nuclei crossed.
+
+    Parameters
+    ----------
+    folds : sequence of str, optional
+        Keys of :data:`QCANET_FOLDS`; default all.
+    k_values : sequence of int
+        Annotated planes (evenly spaced, as :func:`neuroseg_lite.sparse.simulate_sparse` places them).
+    download : bool
+        See :func:`neuroseg_lite.datasets.fetch_qcanet`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per fold and k: ``fold``, ``k``, ``planes`` (their z indices), ``n_planes`` (of the stack),
+        ``annotated_percent`` (of the voxels), ``foreground_pixels`` (outlined), ``nuclei_crossed`` and
+        ``nuclei`` (face-connected components of the mask).
+    """
+    folds = list(QCANET_FOLDS) if folds is None else list(folds)
+    unknown = sorted(set(folds) - set(QCANET_FOLDS))
+    if unknown:
+        raise NeurosegInputError(f"unknown fold(s) {unknown}; choose from {sorted(QCANET_FOLDS)}.")
+    rows = []
+    for fold in folds:
+        labels = datasets.load_qcanet(QCANET_FOLDS[fold][0], download=download)[1]
+        for k in k_values:
+            annotation = sparse.simulate_sparse(labels, n_slices=k)
+            crossed, n_nuclei = sparse.objects_crossed(labels, annotation)
+            rows.append({"fold": fold, "k": k, "planes": annotation.planes, "n_planes": labels.shape[0],
+                         "annotated_percent": 100 * annotation.fraction,
+                         "foreground_pixels": int(annotation.labels.sum()), "nuclei_crossed": crossed,
+                         "nuclei": n_nuclei})
+    return pd.DataFrame(rows)
 
 
 @dataclasses.dataclass(frozen=True)

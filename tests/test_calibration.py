@@ -113,3 +113,49 @@ def test_qcanet_fold_trains_on_one_embryo_and_tests_on_the_other():
     np.testing.assert_array_equal(one.test_labels, other.train_labels[0])
     with pytest.raises(NeurosegInputError, match="unknown fold"):
         calibration.qcanet_fold("qcanet-8to8")
+
+
+def _pair_rows():
+    rows = []
+    for fold, gain in zip(FOLDS, (0.04, -0.01)):
+        for seed in (0, 1):
+            rows += [{"fold": fold, "seed": seed, "n_slices": 1, "method": "3d_sparse", "dice": 0.80 + 0.01 * seed},
+                     {"fold": fold, "seed": seed, "n_slices": 1, "method": "3d_pseudo",
+                      "dice": 0.80 + 0.01 * seed + gain + 0.002 * seed},
+                     {"fold": fold, "seed": seed, "n_slices": 1, "method": "2d", "dice": 0.70}]
+        rows.append({"fold": fold, "seed": 0, "n_slices": 51, "method": "3d_dense", "dice": 0.83})
+    return pd.DataFrame(rows)
+
+
+def test_summarise_pairs_counts_spreads_wins_and_fold_means():
+    pairs = calibration.pair_differences(_pair_rows(), against=("3d_sparse",), metrics=("dice",))
+    row = calibration.summarise_pairs(pairs).loc[(1, "3d_sparse", "dice")]
+    differences = [0.04, 0.042, -0.01, -0.008]
+    assert row["count"] == 4 and row["wins"] == 2
+    assert np.isclose(row["mean"], np.mean(differences)) and np.isclose(row["std"], np.std(differences, ddof=1))
+    assert np.isclose(row["min"], -0.01) and np.isclose(row["max"], 0.042)
+    assert np.isclose(row[f"mean on {FOLDS[0]}"], 0.041) and np.isclose(row[f"mean on {FOLDS[1]}"], -0.009)
+    with pytest.raises(NeurosegInputError, match="pair_differences"):
+        calibration.summarise_pairs(pairs.drop(columns="fold"))
+
+
+def test_dense_bound_compares_the_dense_mean_with_the_best_sparse_mean():
+    bound = calibration.dense_bound(_pair_rows())
+    # fold 1: pseudo reaches 0.80 + 0.005 + 0.04 + 0.001 = 0.846 > 0.83; fold 2: sparse 0.805 < 0.83
+    assert not bound.loc[FOLDS[0], "upper_bound"] and bound.loc[FOLDS[0], "best_method"] == "3d_pseudo"
+    assert np.isclose(bound.loc[FOLDS[0], "best"], 0.846) and bound.loc[FOLDS[0], "best_k"] == 1
+    assert bound.loc[FOLDS[1], "upper_bound"] and np.isclose(bound.loc[FOLDS[1], "dense"], 0.83)
+    without_dense = _pair_rows().query("method != '3d_dense'")
+    with pytest.raises(NeurosegInputError, match="needs runs of '3d_dense'"):
+        calibration.dense_bound(without_dense)
+
+
+def test_nuclei_crossed_counts_the_nuclei_an_annotated_plane_cuts():
+    table = calibration.nuclei_crossed(folds=[FOLDS[0]], k_values=(1, 51))
+    assert table["k"].tolist() == [1, 51] and (table["n_planes"] == 51).all()
+    every_plane = table.iloc[1]
+    assert every_plane["nuclei_crossed"] == every_plane["nuclei"] > 0  # all planes annotated: every nucleus
+    assert np.isclose(every_plane["annotated_percent"], 100.0)
+    assert 0 < table.iloc[0]["nuclei_crossed"] <= every_plane["nuclei"]
+    with pytest.raises(NeurosegInputError, match="unknown fold"):
+        calibration.nuclei_crossed(folds=["qcanet-1to2"])
