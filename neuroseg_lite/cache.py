@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 import tempfile
 import warnings
 from pathlib import Path
@@ -28,6 +29,13 @@ __all__ = ["atomic_write", "array_digest", "content_key", "Cache", "StaleCacheWa
 
 class StaleCacheWarning(UserWarning):
     """A cached file was not reused (missing record, other key, unreadable) and is being rebuilt."""
+
+
+def _new_file_mode() -> int:
+    """The permission bits ``open(path, "w")`` gives a new file under the process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_write(path, write) -> Path:
@@ -60,6 +68,8 @@ def atomic_write(path, write) -> Path:
     temporary = Path(temporary)
     try:
         write(temporary)
+        # mkstemp makes the file private (0600); give it the mode an ordinary write would (or the old file's)
+        os.chmod(temporary, stat.S_IMODE(path.stat().st_mode) if path.exists() else _new_file_mode())
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)

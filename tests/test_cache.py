@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import stat
 
 import numpy as np
 import pytest
@@ -64,3 +65,13 @@ def test_keys_describe_dataclasses_by_their_fields_and_refuse_other_objects():
     assert content_key({"spec": IntensityNormalization()}) != content_key({"spec": IntensityNormalization(low=2)})
     with pytest.raises(TypeError, match="cannot describe"):
         content_key({"model": object()})
+
+
+def test_atomic_write_gives_a_new_file_the_usual_mode_and_keeps_an_old_files(tmp_path):
+    plain = tmp_path / "plain.csv"
+    plain.write_text("x")  # what an ordinary write gives under this umask (0600 would hide a shared table)
+    target = atomic_write(tmp_path / "table.csv", lambda tmp: tmp.write_text("new"))
+    assert stat.S_IMODE(target.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
+    target.chmod(0o640)
+    atomic_write(target, lambda tmp: tmp.write_text("newer"))
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640 and target.read_text() == "newer"
