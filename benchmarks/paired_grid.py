@@ -227,16 +227,14 @@ def main(argv=None) -> None:
     args.device = str(select_device(args.device))  # a clear error at once when "cuda" is asked for and missing
     torch.set_num_threads(args.threads)
     OUT.mkdir(parents=True, exist_ok=True)
-    meta_file = OUT / "grid.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {"done": {}}
-    meta.update(command="python benchmarks/paired_grid.py " + " ".join(sys.argv[1:] if argv is None else argv),
-                data_preset=DATA_PRESET, preset=PRESET, lam=LAM, seeds=args.seeds, k_values=args.k,
-                data_seeds=args.data_seeds, package=__version__, torch=torch.__version__,
-                numpy=np.__version__, threads=args.threads, device=args.device,
-                this_machine=gridtables.describe_machine(args.device))
-    meta.setdefault("machines", [])
-    if meta["this_machine"] not in meta["machines"]:
-        meta["machines"].append(meta["this_machine"])
+    # the grid's design is the union of its commands' (e.g. one process per group of data seeds)
+    command = "python benchmarks/paired_grid.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    meta = gridtables.open_meta(
+        OUT / "grid.json", command=command,
+        this_machine=gridtables.describe_machine(args.device),
+        design={"seeds": args.seeds, "k_values": args.k, "data_seeds": args.data_seeds},
+        data_preset=DATA_PRESET, preset=PRESET, lam=LAM, package=__version__, torch=torch.__version__,
+        numpy=np.__version__, threads=args.threads, device=args.device)
     # the sparsest k on every data set first: a grid stopped early has its most important column complete
     common = {"workdir": args.workdir, "meta": meta, "device": args.device}
     for k in args.k:

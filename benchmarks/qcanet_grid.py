@@ -172,16 +172,14 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     OUT.mkdir(parents=True, exist_ok=True)
-    meta_file = OUT / "grid.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {"done": {}}
-    this_machine = gridtables.describe_machine(args.device)
-    meta.update(command="python benchmarks/qcanet_grid.py " + " ".join(sys.argv[1:] if argv is None else argv),
-                base_preset=BASE_PRESET, candidate_steps=args.steps, calibration_k=CALIBRATION_K,
-                k_values=list(K_VALUES), lam=LAM, seeds=args.seeds, package=__version__,
-                torch=torch.__version__, numpy=np.__version__, threads=args.threads, this_machine=this_machine)
-    meta.setdefault("machines", [])
-    if this_machine not in meta["machines"]:
-        meta["machines"].append(this_machine)
+    # the grid's design is the union of its commands' (e.g. one process per fold)
+    command = "python benchmarks/qcanet_grid.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    meta = gridtables.open_meta(
+        OUT / "grid.json", command=command,
+        this_machine=gridtables.describe_machine(args.device),
+        design={"candidate_steps": args.steps, "seeds": args.seeds, "folds": args.folds},
+        base_preset=BASE_PRESET, calibration_k=CALIBRATION_K, k_values=list(K_VALUES), lam=LAM,
+        package=__version__, torch=torch.__version__, numpy=np.__version__, threads=args.threads)
     if "calibrate" in args.stages:
         calibrate(seeds=args.calibration_seeds, steps_list=args.steps, workdir=args.workdir, meta=meta,
                   device=args.device, folds=args.folds)

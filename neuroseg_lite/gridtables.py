@@ -24,7 +24,7 @@ import pandas as pd
 from neuroseg_lite.cache import atomic_write
 
 __all__ = ["stored_folder", "describe_machine", "read_table", "write_table", "merge_into", "seed_working_file",
-           "machines_of", "record_stage", "write_meta"]
+           "machines_of", "open_meta", "record_stage", "write_meta"]
 
 
 def describe_machine(device: str = "cpu") -> str:
@@ -121,6 +121,40 @@ def machines_of(keys, stored: pd.DataFrame, this_machine: str) -> list[str]:
     return [known.get(key, this_machine) for key in keys]
 
 
+def open_meta(path, *, command: str, this_machine: str, design: dict | None = None, **fields) -> dict:
+    """A grid's ``grid.json`` (or a new record) updated for a command that is about to run.
+
+    Parameters
+    ----------
+    path : path-like
+        The grid's ``grid.json``.
+    command : str
+        The command line; it becomes ``meta["command"]`` and each stage it finishes records it
+        (:func:`record_stage`), so a grid run in parts, or by several processes, keeps every command.
+    this_machine : str
+        :func:`describe_machine`; added to ``meta["machines"]``.
+    design : dict of str to list, optional
+        What the whole grid covers (e.g. its data seeds and values of k). A command that runs a part of the grid
+        adds its values to the recorded lists (sorted union) instead of replacing them.
+    **fields
+        Whatever describes this command alone (versions, threads, budgets): replaces what was recorded.
+
+    Returns
+    -------
+    dict
+        The record; nothing is written until :func:`record_stage`.
+    """
+    path = Path(path)
+    meta = json.loads(path.read_text()) if path.exists() else {"done": {}}
+    meta.setdefault("done", {})
+    for name, values in (design or {}).items():
+        meta[name] = sorted(set(meta.get(name, [])) | set(values))
+    meta.update(command=command, this_machine=this_machine, **fields)
+    if this_machine not in meta.setdefault("machines", []):
+        meta["machines"].append(this_machine)
+    return meta
+
+
 def write_meta(path, meta: dict) -> None:
     """Write a grid's ``grid.json`` atomically."""
     atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
@@ -131,8 +165,9 @@ def record_stage(meta: dict, path, stage: str, *, seconds: float, new_runs: int,
     """Record a finished stage in ``meta["done"]``, write ``meta`` to ``path`` and (``report``) print a line.
 
     A stage found complete (no new runs) keeps its earlier record; one that made runs adds this session's
-    seconds to the earlier ones (a session stopped inside a stage records nothing for it). Stages that other
-    processes recorded in the file meanwhile are kept.
+    seconds to the earlier ones (a session stopped inside a stage records nothing for it) and records
+    ``meta["command"]``, the command that ran it. Stages and machines that other processes recorded in the file
+    meanwhile are kept.
 
     Examples
     --------
@@ -146,15 +181,20 @@ def record_stage(meta: dict, path, stage: str, *, seconds: float, new_runs: int,
     """
     path = Path(path)
     with _locked(path):
-        on_disk = json.loads(path.read_text()).get("done", {}) if path.exists() else {}
+        recorded = json.loads(path.read_text()) if path.exists() else {}
+        on_disk = recorded.get("done", {})
         done = meta.setdefault("done", {})
         done.update({name: entry for name, entry in on_disk.items() if name not in done or name != stage})
+        machines = meta.setdefault("machines", [])
+        machines.extend(m for m in recorded.get("machines", []) if m not in machines)
         previous = done.get(stage, {})
         if not (previous and new_runs == 0):
             before = previous.get("seconds", previous.get("seconds_this_session", 0.0))
             now = datetime.datetime.now().isoformat(timespec="seconds")
             done[stage] = {"seconds": round(before + seconds, 1), "runs": runs, "new_runs": new_runs,
                            "finished": now}
+            if meta.get("command"):
+                done[stage]["command"] = meta["command"]
             meta["updated"] = now
         write_meta(path, meta)
     if report:

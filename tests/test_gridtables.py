@@ -66,3 +66,27 @@ def test_two_processes_recording_stages_keep_each_others(tmp_path):
     gridtables.record_stage(second, path, "fold b", seconds=20.0, new_runs=1, runs=1)
     written = json.loads(path.read_text())
     assert set(written["done"]) == {"fold a", "fold b"} and written["who"] == "second"
+
+
+def test_open_meta_keeps_the_whole_design_across_partial_commands(tmp_path):
+    path = tmp_path / "grid.json"
+    first = gridtables.open_meta(path, command="grid --data-seeds 0 1", this_machine="m1",
+                                 design={"data_seeds": [0, 1], "k_values": [1]}, threads=2)
+    gridtables.record_stage(first, path, "data seed 0", seconds=5.0, new_runs=4, runs=4, report=False)
+    second = gridtables.open_meta(path, command="grid --data-seeds 3 2 --k 2", this_machine="m2",
+                                  design={"data_seeds": [3, 2], "k_values": [2]}, threads=1)
+    assert second["data_seeds"] == [0, 1, 2, 3] and second["k_values"] == [1, 2]
+    assert second["command"] == "grid --data-seeds 3 2 --k 2" and second["threads"] == 1
+    assert second["machines"] == ["m1", "m2"] and "data seed 0" in second["done"]
+
+
+def test_each_stage_records_its_command_and_processes_keep_each_others_machines(tmp_path):
+    path = tmp_path / "grid.json"
+    one = gridtables.open_meta(path, command="grid --folds a", this_machine="m1")
+    other = gridtables.open_meta(path, command="grid --folds b", this_machine="m2")  # a second process
+    gridtables.record_stage(one, path, "fold a", seconds=1.0, new_runs=1, runs=1, report=False)
+    gridtables.record_stage(other, path, "fold b", seconds=2.0, new_runs=1, runs=1, report=False)
+    written = json.loads(path.read_text())
+    assert written["done"]["fold a"]["command"] == "grid --folds a"
+    assert written["done"]["fold b"]["command"] == "grid --folds b"
+    assert written["machines"] == ["m2", "m1"]
