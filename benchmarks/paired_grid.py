@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -228,9 +227,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     OUT.mkdir(parents=True, exist_ok=True)
     # the grid's design is the union of its commands' (e.g. one process per group of data seeds)
-    command = "python benchmarks/paired_grid.py " + " ".join(sys.argv[1:] if argv is None else argv)
     meta = gridtables.open_meta(
-        OUT / "grid.json", command=command,
+        OUT / "grid.json", script="benchmarks/paired_grid.py", argv=argv,
         this_machine=gridtables.describe_machine(args.device),
         design={"seeds": args.seeds, "k_values": args.k, "data_seeds": args.data_seeds},
         data_preset=DATA_PRESET, preset=PRESET, lam=LAM, package=__version__, torch=torch.__version__,

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -173,9 +172,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     OUT.mkdir(parents=True, exist_ok=True)
     # the grid's design is the union of its commands' (e.g. one process per fold)
-    command = "python benchmarks/qcanet_grid.py " + " ".join(sys.argv[1:] if argv is None else argv)
     meta = gridtables.open_meta(
-        OUT / "grid.json", command=command,
+        OUT / "grid.json", script="benchmarks/qcanet_grid.py", argv=argv,
         this_machine=gridtables.describe_machine(args.device),
         design={"candidate_steps": args.steps, "seeds": args.seeds, "folds": args.folds},
         base_preset=BASE_PRESET, calibration_k=CALIBRATION_K, k_values=list(K_VALUES), lam=LAM,

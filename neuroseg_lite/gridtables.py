@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import platform
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -121,21 +122,26 @@ def machines_of(keys, stored: pd.DataFrame, this_machine: str) -> list[str]:
     return [known.get(key, this_machine) for key in keys]
 
 
-def open_meta(path, *, command: str, this_machine: str, design: dict | None = None, **fields) -> dict:
+def open_meta(path, *, script: str, this_machine: str, argv=None, design: dict | None = None, **fields) -> dict:
     """A grid's ``grid.json`` (or a new record) updated for a command that is about to run.
 
     Parameters
     ----------
     path : path-like
         The grid's ``grid.json``.
-    command : str
-        The command line; it becomes ``meta["command"]`` and each stage it finishes records it
-        (:func:`record_stage`), so a grid run in parts, or by several processes, keeps every command.
+    script : str
+        The grid's script as run from the repository root, e.g. ``"benchmarks/paired_grid.py"``.
     this_machine : str
         :func:`describe_machine`; added to ``meta["machines"]``.
+    argv : list of str, optional
+        The script's arguments (default ``sys.argv[1:]``). ``python <script> <argv>`` becomes
+        ``meta["command"]`` and each stage it finishes records it (:func:`record_stage`), so a grid run in
+        parts, or by several processes, keeps every command.
     design : dict of str to list, optional
         What the whole grid covers (e.g. its data seeds and values of k). A command that runs a part of the grid
-        adds its values to the recorded lists (sorted union) instead of replacing them.
+        adds its values to the recorded lists (sorted union) instead of replacing them, here and again in
+        :func:`record_stage` (for processes that opened the record before another one wrote it). Their names
+        are kept in ``meta["design"]``.
     **fields
         Whatever describes this command alone (versions, threads, budgets): replaces what was recorded.
 
@@ -149,6 +155,8 @@ def open_meta(path, *, command: str, this_machine: str, design: dict | None = No
     meta.setdefault("done", {})
     for name, values in (design or {}).items():
         meta[name] = sorted(set(meta.get(name, [])) | set(values))
+    meta["design"] = sorted(set(meta.get("design", [])) | set(design or {}))
+    command = " ".join(["python", script, *(sys.argv[1:] if argv is None else argv)])
     meta.update(command=command, this_machine=this_machine, **fields)
     if this_machine not in meta.setdefault("machines", []):
         meta["machines"].append(this_machine)
@@ -166,8 +174,8 @@ def record_stage(meta: dict, path, stage: str, *, seconds: float, new_runs: int,
 
     A stage found complete (no new runs) keeps its earlier record; one that made runs adds this session's
     seconds to the earlier ones (a session stopped inside a stage records nothing for it) and records
-    ``meta["command"]``, the command that ran it. Stages and machines that other processes recorded in the file
-    meanwhile are kept.
+    ``meta["command"]``, the command that ran it. Stages, machines and design values (:func:`open_meta`) that
+    other processes recorded in the file meanwhile are kept.
 
     Examples
     --------
@@ -187,6 +195,9 @@ def record_stage(meta: dict, path, stage: str, *, seconds: float, new_runs: int,
         done.update({name: entry for name, entry in on_disk.items() if name not in done or name != stage})
         machines = meta.setdefault("machines", [])
         machines.extend(m for m in recorded.get("machines", []) if m not in machines)
+        meta["design"] = sorted(set(meta.get("design", [])) | set(recorded.get("design", [])))
+        for name in meta["design"]:
+            meta[name] = sorted(set(meta.get(name, [])) | set(recorded.get(name, [])))
         previous = done.get(stage, {})
         if not (previous and new_runs == 0):
             before = previous.get("seconds", previous.get("seconds_this_session", 0.0))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pandas as pd
 
@@ -70,23 +71,42 @@ def test_two_processes_recording_stages_keep_each_others(tmp_path):
 
 def test_open_meta_keeps_the_whole_design_across_partial_commands(tmp_path):
     path = tmp_path / "grid.json"
-    first = gridtables.open_meta(path, command="grid --data-seeds 0 1", this_machine="m1",
+    first = gridtables.open_meta(path, script="grid.py", argv=["--data-seeds", "0", "1"], this_machine="m1",
                                  design={"data_seeds": [0, 1], "k_values": [1]}, threads=2)
     gridtables.record_stage(first, path, "data seed 0", seconds=5.0, new_runs=4, runs=4, report=False)
-    second = gridtables.open_meta(path, command="grid --data-seeds 3 2 --k 2", this_machine="m2",
-                                  design={"data_seeds": [3, 2], "k_values": [2]}, threads=1)
+    second = gridtables.open_meta(path, script="grid.py", argv=["--data-seeds", "3", "2", "--k", "2"],
+                                  this_machine="m2", design={"data_seeds": [3, 2], "k_values": [2]}, threads=1)
     assert second["data_seeds"] == [0, 1, 2, 3] and second["k_values"] == [1, 2]
-    assert second["command"] == "grid --data-seeds 3 2 --k 2" and second["threads"] == 1
+    assert second["command"] == "python grid.py --data-seeds 3 2 --k 2" and second["threads"] == 1
     assert second["machines"] == ["m1", "m2"] and "data seed 0" in second["done"]
+
+
+def test_processes_that_open_the_record_before_either_writes_keep_each_others_design(tmp_path):
+    path = tmp_path / "grid.json"
+    one = gridtables.open_meta(path, script="grid.py", argv=["--k", "4", "--data-seeds", "6"],
+                               this_machine="m", design={"data_seeds": [6], "k_values": [4]})
+    other = gridtables.open_meta(path, script="grid.py", argv=["--k", "8", "--data-seeds", "7"],
+                                 this_machine="m", design={"data_seeds": [7], "k_values": [8]})
+    gridtables.record_stage(one, path, "k 4, data seed 6", seconds=1.0, new_runs=1, runs=1, report=False)
+    gridtables.record_stage(other, path, "k 8, data seed 7", seconds=1.0, new_runs=1, runs=1, report=False)
+    written = json.loads(path.read_text())
+    assert written["data_seeds"] == [6, 7] and written["k_values"] == [4, 8]
+    assert written["design"] == ["data_seeds", "k_values"]
+
+
+def test_open_meta_records_the_command_line_it_was_run_with(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["grid.py", "--threads", "1"])
+    meta = gridtables.open_meta(tmp_path / "grid.json", script="benchmarks/grid.py", this_machine="m")
+    assert meta["command"] == "python benchmarks/grid.py --threads 1"
 
 
 def test_each_stage_records_its_command_and_processes_keep_each_others_machines(tmp_path):
     path = tmp_path / "grid.json"
-    one = gridtables.open_meta(path, command="grid --folds a", this_machine="m1")
-    other = gridtables.open_meta(path, command="grid --folds b", this_machine="m2")  # a second process
+    one = gridtables.open_meta(path, script="grid.py", argv=["--folds", "a"], this_machine="m1")
+    other = gridtables.open_meta(path, script="grid.py", argv=["--folds", "b"], this_machine="m2")  # a second process
     gridtables.record_stage(one, path, "fold a", seconds=1.0, new_runs=1, runs=1, report=False)
     gridtables.record_stage(other, path, "fold b", seconds=2.0, new_runs=1, runs=1, report=False)
     written = json.loads(path.read_text())
-    assert written["done"]["fold a"]["command"] == "grid --folds a"
-    assert written["done"]["fold b"]["command"] == "grid --folds b"
+    assert written["done"]["fold a"]["command"] == "python grid.py --folds a"
+    assert written["done"]["fold b"]["command"] == "python grid.py --folds b"
     assert written["machines"] == ["m2", "m1"]
