@@ -170,7 +170,7 @@ PRESETS = {
     # Seconds per model: for tests and the notebooks' SMOKE switch.
     "smoke": ExperimentPreset("smoke", train_2d="smoke", train_3d="smoke", model_3d={"base_channels": 8, "depth": 2}),
     # Minutes per model on 2 CPU cores: the book's default run. Cheaper 3D budgets (8 base channels at 400 or 600
-    # steps, 400 steps) are tried by benchmarks/calibrate_cpu_preset.py on the dense and sparse baselines only; one
+    # steps, 16 at 400) are tried by benchmarks/calibrate_cpu_preset.py on the dense and sparse baselines only; one
     # replaces this preset only if the rule picks it (tests/test_calibrate_cpu_preset.py checks the table).
     "cpu": ExperimentPreset("cpu", train_2d="cpu", train_3d="cpu"),
     # About half a minute per 3D model on 2 CPU cores: for grids of many runs (chapters 7 and 8). A U-Net with 8
